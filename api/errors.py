@@ -1,0 +1,58 @@
+"""Every error the gateway can answer, mapped to a status code and a JSON body in one place."""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+from shared.errors import ServiceError, Unavailable
+
+log = logging.getLogger(__name__)
+
+
+def error_response(status: int, body: dict[str, object]) -> Response:
+    response = jsonify(body)
+    response.status_code = status
+    return response
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ServiceError)
+    def _service_error(exc: ServiceError) -> Response:
+        response = error_response(exc.status_code, exc.body())
+        if isinstance(exc, Unavailable):
+            response.headers["Retry-After"] = str(exc.retry_after)
+        if exc.status_code >= 500:
+            log.warning("%s: %s", type(exc).__name__, exc.message)
+        return response
+
+    @app.errorhandler(redis.RedisError)
+    def _redis_error(exc: redis.RedisError) -> Response:
+        log.error("redis unavailable: %s", exc)
+        return _service_error(Unavailable("the job store is unavailable; try again"))
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        response = error_response(status, {"error": _http_message(exc)})
+        if status == 405 and exc.valid_methods:  # type: ignore[attr-defined]
+            response.headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
+        return response
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error")
+        return error_response(500, {"error": "internal server error"})
+
+
+def _http_message(exc: HTTPException) -> str:
+    if exc.code == 404:
+        return "not found"
+    if exc.code == 405:
+        return "method not allowed"
+    if exc.code == 413:
+        return "request body is too large"
+    return exc.description or exc.name

@@ -1,0 +1,376 @@
+"""Local processes of the farm: Redis, an S3 endpoint, workers and the gateway.
+
+Used by ``make run`` (``python -m deploy.local``), by the integration tests and by the
+benchmarks, so all three start the same real pieces the same way. Every process binds
+to loopback, writes its log to a file and is stopped (then killed) explicitly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+from shared.jobstore import JobStore
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+LOOPBACK = "127.0.0.1"
+
+
+class StartError(RuntimeError):
+    """A local process did not come up in time; its log tail is in the message."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str, log_file: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except Exception:  # noqa: BLE001 - not up yet
+            pass
+        time.sleep(0.05)
+    tail = ""
+    if log_file is not None and log_file.exists():
+        tail = "\n" + "\n".join(log_file.read_text(errors="replace").splitlines()[-40:])
+    raise StartError(f"{what} did not come up within {timeout:.0f}s{tail}")
+
+
+class ManagedProcess:
+    """A child process with a log file and an explicit start/stop lifecycle."""
+
+    def __init__(self, name: str, argv: Sequence[str], log_file: Path, env: Mapping[str, str] | None = None):
+        self.name = name
+        self.argv = list(argv)
+        self.log_file = log_file
+        self.env = dict(os.environ if env is None else env)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_file, "ab") as out:
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=Path(__file__).resolve().parent.parent,
+                start_new_session=True,
+            )
+        log.info("%s: started pid %d", self.name, self.proc.pid)
+
+    @property
+    def pid(self) -> int:
+        if self.proc is None:
+            raise RuntimeError(f"{self.name} is not started")
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the process group (a Celery worker's pool children included)."""
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, sig)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.proc is None:
+            return
+        self.signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.signal(signal.SIGKILL)
+            self.proc.wait(5)
+        # Children left behind in the group (pool processes) go too.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+        log.info("%s: stopped", self.name)
+
+
+class RedisServer(ManagedProcess):
+    def __init__(self, workdir: Path, port: int | None = None, appendonly: bool = False):
+        self.port = port or free_port()
+        workdir.mkdir(parents=True, exist_ok=True)
+        argv = [
+            shutil.which("redis-server") or "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            LOOPBACK,
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if appendonly else "no",
+            "--appendfsync",
+            "everysec",
+            "--dir",
+            str(workdir),
+        ]
+        super().__init__(f"redis:{self.port}", argv, workdir / "redis.log")
+
+    @property
+    def url(self) -> str:
+        return f"redis://{LOOPBACK}:{self.port}/0"
+
+    def start(self, timeout: float = 20.0) -> None:
+        super().start()
+        client = redis.Redis(host=LOOPBACK, port=self.port, socket_connect_timeout=1)
+        wait_until(lambda: bool(client.ping()), timeout, self.name, self.log_file)
+        client.close()
+
+
+class S3Server(ManagedProcess):
+    """moto's S3 server on loopback, reached through boto3 over HTTP like MinIO or AWS."""
+
+    def __init__(self, workdir: Path, port: int | None = None):
+        self.port = port or free_port()
+        argv = [sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(self.port)]
+        super().__init__(f"s3:{self.port}", argv, workdir / "s3.log")
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> None:
+        super().start()
+
+        def up() -> bool:
+            with socket.create_connection((LOOPBACK, self.port), timeout=1):
+                return True
+
+        wait_until(up, timeout, self.name, self.log_file)
+
+
+def service_env(settings: Settings, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(settings.to_env())
+    env.update(extra or {})
+    return env
+
+
+class WorkerProcess(ManagedProcess):
+    """A Celery worker: one pool process holding one loaded pipeline."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        workdir: Path,
+        name: str = "worker",
+        extra_env: Mapping[str, str] | None = None,
+    ):
+        argv = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "worker.main",
+            "worker",
+            "-Q",
+            settings.queue_name,
+            "-c",
+            "1",
+            "-P",
+            "prefork",
+            "-n",
+            f"{name}@%h",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "-l",
+            "info",
+        ]
+        super().__init__(name, argv, workdir / f"{name}.log", service_env(settings, extra_env))
+        self.settings = settings
+
+    def wait_ready(self, store: JobStore, timeout: float = 120.0, before: Sequence[str] = ()) -> None:
+        """Wait until a worker not in ``before`` reports its pipeline loaded."""
+        known = set(before)
+
+        def ready() -> bool:
+            if not self.alive():
+                raise StartError(f"{self.name} exited")
+            return bool(set(store.ready_workers(max_age=30)) - known)
+
+        wait_until(ready, timeout, self.name, self.log_file)
+
+
+class GatewayProcess(ManagedProcess):
+    """The gateway under gunicorn with threaded workers."""
+
+    def __init__(
+        self, settings: Settings, workdir: Path, port: int | None = None, workers: int = 1, threads: int = 32
+    ):
+        self.port = port or free_port()
+        argv = [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "api.wsgi:app",
+            "--bind",
+            f"{LOOPBACK}:{self.port}",
+            "--workers",
+            str(workers),
+            "--threads",
+            str(threads),
+            "--worker-class",
+            "gthread",
+            "--timeout",
+            str(int(settings.sync_wait_seconds) + 60),
+            "--keep-alive",
+            "30",
+        ]
+        super().__init__(f"gateway:{self.port}", argv, workdir / "gateway.log", service_env(settings))
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> None:
+        super().start()
+
+        def up() -> bool:
+            with socket.create_connection((LOOPBACK, self.port), timeout=1):
+                return True
+
+        wait_until(up, timeout, self.name, self.log_file)
+
+
+@contextlib.contextmanager
+def stopping(*procs: ManagedProcess) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+
+
+@dataclass
+class Farm:
+    """A running local farm: its settings (pointing at its own Redis and S3) and processes."""
+
+    settings: Settings
+    redis: RedisServer
+    s3: S3Server
+    workers: list[WorkerProcess]
+    gateway: GatewayProcess | None
+
+    @property
+    def url(self) -> str:
+        if self.gateway is None:
+            raise RuntimeError("this farm has no gateway")
+        return self.gateway.url
+
+
+@contextlib.contextmanager
+def local_farm(
+    settings: Settings, workdir: Path, workers: int = 1, gateway: bool = True, threads: int = 32
+) -> Iterator[Farm]:
+    """Redis, S3, ``workers`` workers and (optionally) a gunicorn gateway, all on loopback."""
+    with contextlib.ExitStack() as stack:
+        redis_server = RedisServer(workdir / "redis")
+        s3 = S3Server(workdir / "s3")
+        for proc in (redis_server, s3):
+            stack.callback(proc.stop)
+            proc.start()
+        settings = settings.replace(
+            redis_url=redis_server.url,
+            s3_endpoint_url=s3.url,
+            s3_access_key_id="local",
+            s3_secret_access_key="local",
+        )
+        farm = Farm(settings, redis_server, s3, [], None)
+        store = JobStore(settings)
+        for i in range(workers):
+            worker = WorkerProcess(settings, workdir / "log", name=f"worker{i}")
+            stack.callback(worker.stop)
+            before = store.ready_workers(max_age=3600)
+            worker.start()
+            worker.wait_ready(store, timeout=settings.load_timeout_seconds, before=before)
+            farm.workers.append(worker)
+        if gateway:
+            farm.gateway = GatewayProcess(settings, workdir / "log", threads=threads)
+            stack.callback(farm.gateway.stop)
+            farm.gateway.start()
+        yield farm
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the whole farm on this machine until interrupted (``make run``)."""
+    parser = argparse.ArgumentParser(description="Run the img2img farm locally.")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--var", type=Path, default=Path("var"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+    signal.signal(signal.SIGTERM, _interrupt)
+    base = Settings.from_env()
+    procs: list[ManagedProcess] = []
+    overrides: dict[str, object] = {}
+    if not os.environ.get("REDIS_URL"):
+        redis_server = RedisServer(args.var / "redis")
+        procs.append(redis_server)
+        overrides["redis_url"] = redis_server.url
+    if not base.s3_endpoint_url:
+        s3 = S3Server(args.var / "s3")
+        procs.append(s3)
+        overrides.update(s3_endpoint_url=s3.url, s3_access_key_id="local", s3_secret_access_key="local")
+    settings = base.replace(**overrides)
+    if not settings.model_id:
+        from worker.models import ensure_tiny_model
+
+        ensure_tiny_model(Path(settings.model_dir))
+    worker = WorkerProcess(settings, args.var / "log")
+    gateway = GatewayProcess(settings, args.var / "log", port=args.port, threads=32)
+    with stopping(*procs, worker, gateway), contextlib.suppress(KeyboardInterrupt):
+        for proc in procs:
+            proc.start()
+        worker.start()
+        worker.wait_ready(JobStore(settings), timeout=settings.load_timeout_seconds)
+        gateway.start()
+        _print_ready(gateway.url)
+        while all(p.alive() for p in (*procs, worker, gateway)):
+            time.sleep(1)
+        log.error("a process exited; stopping the farm (logs in %s)", args.var)
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _print_ready(url: str) -> None:
+    example = (
+        f'img=$(python3 -c "import base64,io;from PIL import Image;b=io.BytesIO();'
+        f"Image.new('RGB',(512,512),'teal').save(b,'PNG');print(base64.b64encode(b.getvalue()).decode())\")\n"
+        f"curl -s {url}/v1/sd1.5-img2img -H 'Content-Type: application/json' -o out.jpg \\\n"
+        f'  -d \'{{"image": "\'$img\'", "prompt": "A fantasy landscape, trending on artstation", '
+        f'"num_inference_steps": 25, "strength": 0.75, "base64": false}}\''
+    )
+    sys.stdout.write(f"\nimg2img farm is ready on {url}\nTry:\n{example}\n\n")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

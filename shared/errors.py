@@ -1,0 +1,70 @@
+"""The short error hierarchy both sides raise; the gateway maps it to HTTP in one place."""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """Base of every error the service reports to a client."""
+
+    status_code = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def body(self) -> dict[str, object]:
+        return {"error": self.message}
+
+
+class InvalidInput(ServiceError):
+    """The request is malformed or a field breaks its rule; ``field`` names it."""
+
+    status_code = 400
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+    def body(self) -> dict[str, object]:
+        return {"error": self.message, "field": self.field}
+
+
+class UnsupportedMediaType(InvalidInput):
+    """The image is in a format outside the allow-list."""
+
+    status_code = 415
+
+
+class PayloadTooLarge(InvalidInput):
+    """A body or decoded image is over its byte limit."""
+
+    status_code = 413
+
+
+class NotFound(ServiceError):
+    """No such job (or not one the caller may see)."""
+
+    status_code = 404
+
+
+class Unavailable(ServiceError):
+    """A dependency (Redis, S3, the queue) cannot take the request now."""
+
+    status_code = 503
+
+    def __init__(self, message: str, retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class JobFailed(ServiceError):
+    """The job was accepted but ended failed or canceled; the message is the job's error."""
+
+    status_code = 500
+
+    def __init__(self, message: str, job_id: str) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+
+    def body(self) -> dict[str, object]:
+        return {"error": self.message, "job_id": self.job_id}

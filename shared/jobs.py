@@ -1,0 +1,92 @@
+"""The job record and its statuses."""
+
+from __future__ import annotations
+
+import enum
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from shared.schema import GenerationParams
+
+
+class JobStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED})
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+def input_key(job_id: str) -> str:
+    return f"jobs/{job_id}/input"
+
+
+def output_key(job_id: str, index: int) -> str:
+    return f"jobs/{job_id}/{index}.jpg"
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job as stored in Redis. Times are Unix seconds; ``None`` until they happen."""
+
+    id: str
+    status: JobStatus
+    params: GenerationParams
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    seeds: tuple[int, ...] = ()
+    outputs: tuple[str, ...] = ()
+    error: str | None = None
+    progress_step: int = 0
+    progress_total: int = 0
+    generation_time: float | None = None
+    worker: str | None = None
+    attempts: int = 0
+
+    @classmethod
+    def from_hash(cls, data: Mapping[str, str]) -> Job:
+        """Read the Redis hash written by :class:`shared.jobstore.JobStore`."""
+        return cls(
+            id=data["id"],
+            status=JobStatus(data["status"]),
+            params=GenerationParams.from_dict(json.loads(data["params"])),
+            created_at=float(data["created_at"]),
+            started_at=_opt_float(data.get("started_at")),
+            finished_at=_opt_float(data.get("finished_at")),
+            seeds=tuple(json.loads(data.get("seeds") or "[]")),
+            outputs=tuple(json.loads(data.get("outputs") or "[]")),
+            error=data.get("error") or None,
+            progress_step=int(data.get("progress_step") or 0),
+            progress_total=int(data.get("progress_total") or 0),
+            generation_time=_opt_float(data.get("generation_time")),
+            worker=data.get("worker") or None,
+            attempts=int(data.get("attempts") or 0),
+        )
+
+    @property
+    def queue_seconds(self) -> float | None:
+        return None if self.started_at is None else self.started_at - self.created_at
+
+    @property
+    def run_seconds(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return self.finished_at - self.started_at
+
+
+def _opt_float(raw: str | None) -> float | None:
+    return None if raw in (None, "") else float(raw)

@@ -1,0 +1,94 @@
+"""S3-compatible object storage (AWS S3, MinIO, ...) through boto3."""
+
+from __future__ import annotations
+
+import logging
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from shared.errors import NotFound, Unavailable
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_MISSING_CODES = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchBucket"})
+
+
+class Storage:
+    """Puts and gets job images. One client per process; boto3 clients are thread-safe."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.bucket = settings.s3_bucket
+        self._create_bucket = settings.s3_create_bucket
+        self._region = settings.s3_region
+        self._client = boto3.client(
+            "s3",
+            endpoint_url=settings.s3_endpoint_url or None,
+            region_name=settings.s3_region,
+            aws_access_key_id=settings.s3_access_key_id or None,
+            aws_secret_access_key=settings.s3_secret_access_key or None,
+            config=Config(
+                retries={"max_attempts": 3, "mode": "standard"},
+                connect_timeout=5,
+                read_timeout=30,
+                max_pool_connections=64,
+                s3={"addressing_style": "path"},
+            ),
+        )
+
+    def ensure_bucket(self) -> None:
+        """Create the bucket when it is missing and creating it is allowed."""
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+            return
+        except ClientError as exc:
+            if _code(exc) not in _MISSING_CODES or not self._create_bucket:
+                raise Unavailable(f"storage: bucket {self.bucket!r} is not usable") from exc
+        except BotoCoreError as exc:
+            raise Unavailable("storage is unreachable") from exc
+        log.info("creating bucket %s", self.bucket)
+        kwargs: dict[str, object] = {"Bucket": self.bucket}
+        if self._region != "us-east-1":
+            kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self._region}
+        try:
+            self._client.create_bucket(**kwargs)
+        except ClientError as exc:
+            if _code(exc) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise Unavailable(f"storage: cannot create bucket {self.bucket!r}") from exc
+
+    def put(self, key: str, data: bytes, content_type: str) -> None:
+        try:
+            self._client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
+        except (BotoCoreError, ClientError) as exc:
+            raise Unavailable(f"storage: cannot write {key}") from exc
+
+    def get(self, key: str) -> bytes:
+        try:
+            reply = self._client.get_object(Bucket=self.bucket, Key=key)
+            body: bytes = reply["Body"].read()
+            return body
+        except ClientError as exc:
+            if _code(exc) in _MISSING_CODES:
+                raise NotFound(f"no object {key}") from exc
+            raise Unavailable(f"storage: cannot read {key}") from exc
+        except BotoCoreError as exc:
+            raise Unavailable(f"storage: cannot read {key}") from exc
+
+    def presigned_url(self, key: str, expires_seconds: int) -> str:
+        url: str = self._client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_seconds
+        )
+        return url
+
+    def ping(self) -> bool:
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+        except (BotoCoreError, ClientError):
+            return False
+        return True
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))

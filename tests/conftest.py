@@ -1,0 +1,104 @@
+"""Real pieces for integration tests: redis-server and an S3 server on free loopback
+ports, the tiny model on disk, Celery worker processes and the gateway app."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from deploy.local import RedisServer, S3Server, WorkerProcess
+from shared.jobstore import JobStore
+from shared.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY_MODEL = ROOT / "var" / "models" / "tiny"
+TORCH_THREADS = 2
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> Path:
+    from worker.models import ensure_tiny_model
+
+    return ensure_tiny_model(TINY_MODEL)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    server = S3Server(tmp_path_factory.mktemp("s3"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def base_settings(redis_server: RedisServer, s3_server: S3Server, tiny_model: Path) -> Settings:
+    return Settings(
+        redis_url=redis_server.url,
+        s3_endpoint_url=s3_server.url,
+        s3_bucket="img2img-test",
+        s3_access_key_id="test",
+        s3_secret_access_key="test",
+        model_dir=str(tiny_model),
+        device="cpu",
+        torch_threads=TORCH_THREADS,
+        sync_wait_seconds=60,
+        worker_heartbeat_seconds=1.0,
+    )
+
+
+def start_worker(settings: Settings, workdir: Path, name: str) -> WorkerProcess:
+    worker = WorkerProcess(settings, workdir, name=name)
+    store = JobStore(settings)
+    before = store.ready_workers(max_age=3600)
+    worker.start()
+    try:
+        worker.wait_ready(store, timeout=180, before=before)
+    except Exception:
+        worker.stop()
+        raise
+    return worker
+
+
+@pytest.fixture(scope="session")
+def settings(base_settings: Settings) -> Settings:
+    """Settings of the main test farm: its own queue and key prefix."""
+    return base_settings.replace(queue_name="img2img-main", key_prefix="t-main")
+
+
+@pytest.fixture(scope="session")
+def worker(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+    proc = start_worker(settings, tmp_path_factory.mktemp("worker"), "main")
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def app(settings: Settings, worker: WorkerProcess) -> Flask:
+    from api.app import create_app
+
+    return create_app(settings)
+
+
+@pytest.fixture()
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture()
+def isolated_settings(base_settings: Settings) -> Settings:
+    """Settings with a fresh queue and key prefix, for tests that start their own workers."""
+    tag = uuid.uuid4().hex[:8]
+    return base_settings.replace(queue_name=f"img2img-{tag}", key_prefix=f"t-{tag}")

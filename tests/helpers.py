@@ -1,0 +1,51 @@
+"""Request bodies and images the tests share."""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any
+
+from PIL import Image
+
+REFERENCE = {
+    "samples": 1,
+    "prompt": "A fantasy landscape, trending on artstation, mystical sky",
+    "negative_prompt": "nude, disfigured, blurry",
+    "scheduler": "DDIM",
+    "num_inference_steps": 25,
+    "guidance_scale": 10.5,
+    "strength": 0.75,
+    "seed": 98877465625,
+    "img_width": 512,
+    "img_height": 512,
+    "base64": False,
+}
+
+
+def sample_image(size: tuple[int, int] = (512, 512), fmt: str = "PNG") -> bytes:
+    """A deterministic picture with some structure (a gradient and a square)."""
+    width, height = size
+    image = Image.new("RGB", size)
+    image.putdata([(x * 255 // width, y * 255 // height, 128) for y in range(height) for x in range(width)])
+    image.paste((250, 200, 40), (width // 4, height // 4, width // 2, height // 2))
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def reference_body(**changes: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"image": b64(sample_image()), **REFERENCE}
+    body.update(changes)
+    return body
+
+
+def jpeg_pixels(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    assert image.format == "JPEG"
+    image.load()
+    return image
