@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint bench model clean
+.PHONY: setup run test lint bench bench-gpu model clean openapi workers deploy-check
 
 setup: $(STAMP)
 
@@ -30,8 +30,23 @@ lint: setup
 bench: setup
 	$(PY) bench/overhead.py
 
+# GPU fast path figures: SD1.5 random weights on CUDA, the tiny model on CPU (ARGS="--smoke").
+bench-gpu: setup
+	$(PY) bench/gpu.py --json var/bench/gpu.json $(ARGS)
+
+openapi: setup
+	$(PY) -m api.openapi --write
+
 model: setup
 	$(PY) -m worker.models tiny --out var/models/tiny
+
+# One worker per visible GPU on this host (CPU: make workers ARGS="--device cpu --workers 2").
+workers: setup
+	$(PY) -m deploy.launcher $(ARGS)
+
+# Parse and check the compose and Kubernetes files, probes, launcher and metrics.
+deploy-check: setup
+	$(PY) -m pytest tests/deploy tests/api/test_metrics.py tests/worker/test_metrics.py tests/shared/test_metrics.py
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache

@@ -6,9 +6,10 @@ import logging
 
 import redis
 from flask import Flask, Response, jsonify
+from gunicorn.http.errors import ParseException as BodyParseError
 from werkzeug.exceptions import HTTPException
 
-from shared.errors import ServiceError, Unavailable
+from shared.errors import RateLimited, ServiceError, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ServiceError)
     def _service_error(exc: ServiceError) -> Response:
         response = error_response(exc.status_code, exc.body())
-        if isinstance(exc, Unavailable):
+        if isinstance(exc, Unavailable | RateLimited):
             response.headers["Retry-After"] = str(exc.retry_after)
         if exc.status_code >= 500:
             log.warning("%s: %s", type(exc).__name__, exc.message)
@@ -33,6 +34,13 @@ def register_error_handlers(app: Flask) -> None:
     def _redis_error(exc: redis.RedisError) -> Response:
         log.error("redis unavailable: %s", exc)
         return _service_error(Unavailable("the job store is unavailable; try again"))
+
+    @app.errorhandler(BodyParseError)
+    def _unreadable_body(exc: BodyParseError) -> Response:
+        # gunicorn raises these while the body is read (e.g. a malformed chunk size).
+        log.info("unreadable request body: %s", exc)
+        message = "body: could not be read (malformed HTTP framing)"
+        return error_response(400, {"error": message, "field": "body"})
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:

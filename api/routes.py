@@ -1,57 +1,108 @@
-"""HTTP routes of the gateway."""
+"""HTTP routes of the gateway: the Segmind-compatible endpoint, jobs and operations."""
 
 from __future__ import annotations
 
 import base64
 
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
+from werkzeug.exceptions import RequestEntityTooLarge
 
+from api.auth import current_owner
+from api.openapi import document_json
 from api.prefer import parse_prefer
 from api.service import JobService
+from api.views import job_body
 from shared.errors import InvalidInput, JobFailed
+from shared.fetch import ImageFetcher
 from shared.images import decode_image_field
 from shared.jobs import Job, JobStatus
+from shared.pricing import format_credits
 from shared.schema import parse_request
 
 bp = Blueprint("gateway", __name__)
 
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+_MAX_IDEMPOTENCY_KEY = 255
 
-def _service() -> JobService:
+
+def service() -> JobService:
     from api.app import service_of
 
     return service_of(current_app)
 
 
-@bp.post("/v1/sd1.5-img2img")
-def img2img() -> Response:
-    service = _service()
-    body = request.get_json(force=True, silent=True)
+def fetcher() -> ImageFetcher:
+    from api.app import fetcher_of
+
+    return fetcher_of(current_app)
+
+
+def json_body() -> object | None:
+    """The decoded JSON body, or ``None`` when it is not JSON.
+
+    413 past ``MAX_CONTENT_LENGTH``, chunked bodies included: for those werkzeug stops
+    reading at the limit without raising, which would otherwise look like truncated JSON.
+    """
+    data = request.get_data(cache=True)
+    limit = request.max_content_length
+    if request.content_length is None and limit is not None and len(data) >= limit:
+        raise RequestEntityTooLarge()
+    try:
+        return request.get_json(force=True, silent=True)
+    except RecursionError:  # nested deeper than the parser's stack
+        return None
+
+
+def submit_from_request(svc: JobService) -> Job:
+    """Check the body and image, then accept the job (once per ``Idempotency-Key``)."""
+    body = json_body()
     if body is None:
         raise InvalidInput("body", "must be a JSON object")
-    checked = parse_request(body, service.settings)
-    image = decode_image_field(checked.image, service.settings)
+    checked = parse_request(body, svc.settings)
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is not None and not 0 < len(key) <= _MAX_IDEMPOTENCY_KEY:
+        raise InvalidInput(IDEMPOTENCY_HEADER, f"must be 1 to {_MAX_IDEMPOTENCY_KEY} characters")
+    webhook = svc.check_webhook(checked.webhook) if checked.webhook else None
+    image = decode_image_field(checked.image, svc.settings, fetcher=fetcher())
+    return svc.submit(checked.params, image, webhook=webhook, idempotency_key=key, owner=current_owner())
+
+
+@bp.post("/v1/sd1.5-img2img")
+def img2img() -> Response:
+    svc = service()
     prefer = parse_prefer(request.headers.get("Prefer", ""))
-    job = service.submit(checked.params, image)
-    if not prefer.respond_async:
-        budget = service.settings.sync_wait_seconds
+    job = submit_from_request(svc)
+    if not prefer.respond_async and not job.status.terminal:
+        budget = svc.settings.sync_wait_seconds
         if prefer.wait is not None:
             budget = min(prefer.wait, budget)
-        job = service.wait(job.id, budget)
-    return _finished_response(service, job) if job.status.terminal else _accepted_response(job)
+        job = svc.wait(job.id, budget)
+    return _finished_response(svc, job) if job.status.terminal else _accepted_response(svc, job)
 
 
 @bp.get("/v1/jobs/<job_id>")
 def get_job(job_id: str) -> Response:
-    job = _service().get(job_id)
-    return _with_job_headers(jsonify(job_body(job)), job)
+    svc = service()
+    job = svc.get(job_id, current_owner())
+    return with_job_headers(jsonify(job_body(svc, job)), job)
+
+
+@bp.post("/v1/jobs/<job_id>/cancel")
+def cancel_job(job_id: str) -> Response:
+    svc = service()
+    job = svc.cancel(job_id, current_owner())
+    response = jsonify(job_body(svc, job))
+    response.status_code = 200 if job.status.terminal else 202
+    return with_job_headers(response, job)
 
 
 @bp.get("/v1/jobs/<job_id>/images/<int:index>")
 def get_job_image(job_id: str, index: int) -> Response:
-    service = _service()
-    job = service.get(job_id)
-    response = Response(service.image(job, index), mimetype="image/jpeg")
-    return _with_job_headers(response, job)
+    svc = service()
+    job = svc.get(job_id, current_owner())
+    response = Response(svc.image(job, index), mimetype="image/jpeg")
+    response.headers["Cache-Control"] = "private, max-age=3600"
+    return with_job_headers(response, job)
 
 
 @bp.get("/healthz")
@@ -59,57 +110,43 @@ def healthz() -> Response:
     return jsonify({"status": "ok"})
 
 
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    return Response(document_json(service().settings), mimetype="application/json")
+
+
 @bp.get("/readyz")
 def readyz() -> Response:
-    checks = _service().ready()
+    checks = service().ready()
     ready = all(checks.values())
     response = jsonify({"status": "ready" if ready else "not ready", "checks": checks})
     response.status_code = 200 if ready else 503
     return response
 
 
-def job_body(job: Job) -> dict[str, object]:
-    """The public view of a job: never the input image."""
-    return {
-        "id": job.id,
-        "status": job.status.value,
-        "progress": {"step": job.progress_step, "total": job.progress_total},
-        "created_at": job.created_at,
-        "started_at": job.started_at,
-        "finished_at": job.finished_at,
-        "parameters": job.params.to_dict(),
-        "seeds": list(job.seeds),
-        "outputs": [_image_url(job.id, i) for i in range(len(job.outputs))],
-        "generation_time": job.generation_time,
-        "error": job.error,
-    }
-
-
-def _finished_response(service: JobService, job: Job) -> Response:
+def _finished_response(svc: JobService, job: Job) -> Response:
     if job.status is not JobStatus.SUCCEEDED:
         raise JobFailed(job.error or f"job {job.status.value}", job.id)
     if job.params.base64:
-        images = [base64.b64encode(service.image(job, i)).decode("ascii") for i in range(len(job.outputs))]
+        images = [base64.b64encode(svc.image(job, i)).decode("ascii") for i in range(len(job.outputs))]
         response = jsonify({"image": images[0], "images": images, "seeds": list(job.seeds), "job_id": job.id})
     else:
-        response = Response(service.image(job, 0), mimetype="image/jpeg")
+        response = Response(svc.image(job, 0), mimetype="image/jpeg")
     response.headers["x-seed-value"] = str(job.seeds[0])
+    if job.owner:
+        response.headers["x-cost"] = format_credits(job.cost_milli)
     response.headers["x-generation-time"] = f"{job.generation_time or 0.0:.3f}"
-    return _with_job_headers(response, job)
+    return with_job_headers(response, job)
 
 
-def _accepted_response(job: Job) -> Response:
-    response = jsonify(job_body(job))
+def _accepted_response(svc: JobService, job: Job) -> Response:
+    response = jsonify(job_body(svc, job))
     response.status_code = 202
-    return _with_job_headers(response, job)
+    return with_job_headers(response, job)
 
 
-def _with_job_headers(response: Response, job: Job) -> Response:
+def with_job_headers(response: Response, job: Job) -> Response:
     response.headers["x-job-id"] = job.id
     response.headers["x-request-id"] = job.id
     response.headers["Location"] = url_for("gateway.get_job", job_id=job.id)
     return response
-
-
-def _image_url(job_id: str, index: int) -> str:
-    return url_for("gateway.get_job_image", job_id=job_id, index=index, _external=True)

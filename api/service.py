@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import secrets
 from dataclasses import replace
@@ -10,14 +12,37 @@ from celery import Celery
 from kombu.exceptions import KombuError
 
 from shared.celery_app import RUN_JOB_TASK, make_celery
-from shared.errors import NotFound, Unavailable
+from shared.errors import (
+    Conflict,
+    IdempotencyMismatch,
+    InvalidInput,
+    NotEnoughCredits,
+    NotFound,
+    Unavailable,
+)
 from shared.jobs import Job, input_key, new_job_id
 from shared.jobstore import JobStore
+from shared.keys import KeyStore
+from shared.pricing import format_credits, job_cost_milli
 from shared.schema import RANDOM_SEED, GenerationParams
 from shared.settings import Settings
 from shared.storage import Storage
+from shared.webhooks import WebhookSender, enqueue_webhook
 
 log = logging.getLogger(__name__)
+
+_QUEUE_FULL_RETRY_SECONDS = 10
+
+# How long a repeated submit waits for the first one with its key to be recorded.
+_CLAIM_WAIT_SECONDS = 10.0
+
+
+def _fingerprint(params: GenerationParams, image: bytes, webhook: str | None) -> str:
+    digest = hashlib.sha256(json.dumps(params.to_dict(), sort_keys=True).encode())
+    digest.update(b"\0" + (webhook or "").encode() + b"\0")
+    digest.update(image)
+    return digest.hexdigest()
+
 
 # Random seeds stay below 2**32 so they are easy to read and paste back.
 _RANDOM_SEED_BOUND = 2**32
@@ -32,20 +57,85 @@ class JobService:
         store: JobStore | None = None,
         storage: Storage | None = None,
         celery: Celery | None = None,
+        keys: KeyStore | None = None,
     ) -> None:
         self.settings = settings
         self.store = store or JobStore(settings)
         self.storage = storage or Storage(settings)
         self.celery = celery or make_celery(settings)
+        self.webhooks = WebhookSender(settings)
+        self.keys = keys or KeyStore(settings)
 
-    def submit(self, params: GenerationParams, image: bytes) -> Job:
-        """Store the input, record the job and enqueue it; the queue carries only the id."""
+    def submit(
+        self,
+        params: GenerationParams,
+        image: bytes,
+        webhook: str | None = None,
+        idempotency_key: str | None = None,
+        owner: str | None = None,
+    ) -> Job:
+        """Accept a job once: with an ``idempotency_key`` the same body returns the same job."""
         job_id = new_job_id()
+        if idempotency_key is None:
+            return self._charged_enqueue(job_id, params, image, webhook, owner)
+        fingerprint = _fingerprint(params, image, webhook)
+        owner_fp, owner_job = self.store.claim_idempotency_key(
+            f"{owner or ''}:{idempotency_key}", fingerprint, job_id, self.settings.idempotency_ttl_seconds
+        )
+        if owner_fp != fingerprint:
+            raise IdempotencyMismatch("Idempotency-Key was already used with a different body")
+        if owner_job != job_id:
+            log.info("job %s: returned again for its idempotency key", owner_job)
+            job = self.store.wait(owner_job, _CLAIM_WAIT_SECONDS, any_event=True)
+            if job is None:
+                raise Unavailable("the job for this Idempotency-Key is still being accepted; retry")
+            return job
+        try:
+            return self._charged_enqueue(job_id, params, image, webhook, owner)
+        except Exception:
+            self.store.release_idempotency_key(f"{owner or ''}:{idempotency_key}", job_id)
+            raise
+
+    def _charged_enqueue(
+        self, job_id: str, params: GenerationParams, image: bytes, webhook: str | None, owner: str | None
+    ) -> Job:
+        """Refuse when the queue is full; charge the owner; refund if the job is not recorded."""
+        if self.store.queue_length() >= self.settings.max_queue_depth:
+            raise Unavailable("the queue is full; try again later", retry_after=_QUEUE_FULL_RETRY_SECONDS)
+        if owner is None:
+            return self._enqueue(job_id, params, image, webhook)
+        cost = job_cost_milli(params, self.settings)
+        charge = self.keys.charge(owner, cost)
+        if not charge.accepted:
+            raise NotEnoughCredits(
+                f"not enough credits: this job costs {format_credits(cost)}",
+                balance=format_credits(charge.balance_milli),
+                cost=format_credits(cost),
+            )
+        try:
+            return self._enqueue(job_id, params, image, webhook, owner, cost)
+        except Exception:
+            if self.store.get(job_id) is None:  # never recorded: nothing else will refund it
+                self.keys.refund(owner, cost)
+            raise
+
+    def _enqueue(
+        self,
+        job_id: str,
+        params: GenerationParams,
+        image: bytes,
+        webhook: str | None,
+        owner: str | None = None,
+        cost_milli: int = 0,
+    ) -> Job:
+        """Store the input, record the job and enqueue it; the queue carries only the id."""
         if params.seed == RANDOM_SEED:
             params = replace(params, seed=secrets.randbelow(_RANDOM_SEED_BOUND))
         seeds = [params.seed + i for i in range(params.samples)]
         self.storage.put(input_key(job_id), image, "application/octet-stream")
-        job = self.store.create(job_id, params, seeds)
+        job = self.store.create(
+            job_id, params, seeds, webhook=webhook, owner=owner or "", cost_milli=cost_milli
+        )
         try:
             self.celery.send_task(RUN_JOB_TASK, args=[job_id], queue=self.settings.queue_name)
         except (KombuError, OSError) as exc:
@@ -55,9 +145,10 @@ class JobService:
         log.info("job %s: queued (%d samples)", job_id, params.samples)
         return job
 
-    def get(self, job_id: str) -> Job:
+    def get(self, job_id: str, owner: str | None = None) -> Job:
+        """The job, if ``owner`` may see it (another key's job is reported as missing)."""
         job = self.store.get(job_id)
-        if job is None:
+        if job is None or (owner is not None and job.owner != owner):
             raise NotFound(f"no job {job_id}")
         return job
 
@@ -67,6 +158,43 @@ class JobService:
         if job is None:
             raise NotFound(f"no job {job_id}")
         return job
+
+    def check_webhook(self, url: str) -> str:
+        """A webhook URL the service may call: configured secret, http(s), allowed address."""
+        if not self.settings.webhook_secret:
+            raise InvalidInput("webhook", "webhooks are not enabled on this service (no WEBHOOK_SECRET)")
+        self.webhooks.check(url)
+        return url
+
+    def cancel(self, job_id: str, owner: str | None = None) -> Job:
+        """Cancel a queued job now or a running one at its next step; finished jobs: 409."""
+        self.get(job_id, owner)
+        previous = self.store.cancel(job_id)
+        if previous is None:
+            raise NotFound(f"no job {job_id}")
+        if previous.terminal:
+            raise Conflict(f"job {job_id} already {previous.value}; nothing to cancel")
+        job = self.get(job_id)
+        if job.status.terminal:
+            self.notify(job)
+        log.info("job %s: cancel requested while %s", job_id, previous.value)
+        return job
+
+    def notify(self, job: Job) -> None:
+        """Queue the webhook of a job that just ended (delivered by the webhook worker)."""
+        if job.webhook:
+            enqueue_webhook(self.celery, self.settings, job.id)
+
+    def queue_estimate(self, job_id: str) -> tuple[int, float | None]:
+        """Jobs ahead of this one and a rough wait: (position + 1) x average run / workers."""
+        # A job read as queued that has just left the queue set is being started: next up.
+        position = self.store.queue_position(job_id) or 0
+        average = self.store.average_run_seconds()
+        if average is None:
+            return position, None
+        window = self.settings.worker_heartbeat_seconds * 3
+        workers = max(1, len(self.store.ready_workers(max_age=window)))
+        return position, round((position + 1) * average / workers, 2)
 
     def image(self, job: Job, index: int) -> bytes:
         if not 0 <= index < len(job.outputs):

@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -24,6 +25,8 @@ from pathlib import Path
 import redis
 
 from shared.jobstore import JobStore
+from shared.keys import KeyStore, key_id_of
+from shared.pricing import to_milli
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -217,6 +220,22 @@ class WorkerProcess(ManagedProcess):
         wait_until(ready, timeout, self.name, self.log_file)
 
 
+class NotifierProcess(ManagedProcess):
+    """The webhook worker: a thread-pool Celery worker on the webhook queue (no torch)."""
+
+    def __init__(self, settings: Settings, workdir: Path, name: str = "notifier", threads: int = 8):
+        argv = [
+            sys.executable, "-m", "celery", "-A", "worker.notify_main", "worker",
+            "-Q", settings.webhook_queue, "-c", str(threads), "-P", "threads", "-n", f"{name}@%h",
+            "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "info",
+        ]  # fmt: skip
+        super().__init__(name, argv, workdir / f"{name}.log", service_env(settings))
+
+    def start(self, timeout: float = 30.0) -> None:
+        super().start()
+        wait_until(lambda: b"ready." in self.log_file.read_bytes(), timeout, self.name, self.log_file)
+
+
 class GatewayProcess(ManagedProcess):
     """The gateway under gunicorn with threaded workers."""
 
@@ -310,6 +329,9 @@ def local_farm(
             worker.start()
             worker.wait_ready(store, timeout=settings.load_timeout_seconds, before=before)
             farm.workers.append(worker)
+        notifier = NotifierProcess(settings, workdir / "log")
+        stack.callback(notifier.stop)
+        notifier.start()
         if gateway:
             farm.gateway = GatewayProcess(settings, workdir / "log", threads=threads)
             stack.callback(farm.gateway.stop)
@@ -337,38 +359,70 @@ def main(argv: Sequence[str] | None = None) -> None:
         s3 = S3Server(args.var / "s3")
         procs.append(s3)
         overrides.update(s3_endpoint_url=s3.url, s3_access_key_id="local", s3_secret_access_key="local")
+    if not base.webhook_secret:
+        overrides["webhook_secret"] = secrets.token_hex(16)
+        log.info("webhooks are signed with a fresh local secret: %s", overrides["webhook_secret"])
     settings = base.replace(**overrides)
     if not settings.model_id:
         from worker.models import ensure_tiny_model
 
         ensure_tiny_model(Path(settings.model_dir))
     worker = WorkerProcess(settings, args.var / "log")
+    notifier = NotifierProcess(settings, args.var / "log")
     gateway = GatewayProcess(settings, args.var / "log", port=args.port, threads=32)
-    with stopping(*procs, worker, gateway), contextlib.suppress(KeyboardInterrupt):
+    with stopping(*procs, worker, notifier, gateway), contextlib.suppress(KeyboardInterrupt):
         for proc in procs:
             proc.start()
         worker.start()
+        notifier.start()
         worker.wait_ready(JobStore(settings), timeout=settings.load_timeout_seconds)
+        api_key = local_api_key(settings, args.var) if settings.auth_enabled else None
         gateway.start()
-        _print_ready(gateway.url)
-        while all(p.alive() for p in (*procs, worker, gateway)):
+        _print_ready(gateway.url, api_key)
+        while all(p.alive() for p in (*procs, worker, notifier, gateway)):
             time.sleep(1)
         log.error("a process exited; stopping the farm (logs in %s)", args.var)
+
+
+def local_api_key(settings: Settings, var: Path) -> str:
+    """The key ``make run`` prints: ``IMG2IMG_API_KEY`` when set, else the one kept in
+    ``var/api-key`` (created with a large balance on first use)."""
+    keys = KeyStore(settings)
+    saved = var / "api-key"
+    key = os.environ.get("IMG2IMG_API_KEY") or (saved.read_text().strip() if saved.exists() else "")
+    key_id = key_id_of(key) if key else None
+    if key and key_id is None:
+        raise SystemExit("IMG2IMG_API_KEY must look like i2i_<8 hex>_<secret>")
+    if key_id is not None and keys.authenticate(key) is not None:
+        return key
+    if key_id is not None and keys.get(key_id) is None:
+        keys.create("local", to_milli(_LOCAL_CREDITS), key=key)
+    else:
+        key, _ = keys.create("local", to_milli(_LOCAL_CREDITS))
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    saved.write_text(key + "\n")
+    saved.chmod(0o600)
+    return key
+
+
+_LOCAL_CREDITS = 100_000.0
 
 
 def _interrupt(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _print_ready(url: str) -> None:
+def _print_ready(url: str, api_key: str | None) -> None:
+    key_header = f"-H 'x-api-key: {api_key}' " if api_key else ""
     example = (
-        f'img=$(python3 -c "import base64,io;from PIL import Image;b=io.BytesIO();'
+        f'img=$({sys.executable} -c "import base64,io;from PIL import Image;b=io.BytesIO();'
         f"Image.new('RGB',(512,512),'teal').save(b,'PNG');print(base64.b64encode(b.getvalue()).decode())\")\n"
-        f"curl -s {url}/v1/sd1.5-img2img -H 'Content-Type: application/json' -o out.jpg \\\n"
+        f"curl -s {url}/v1/sd1.5-img2img -H 'Content-Type: application/json' {key_header}-o out.jpg \\\n"
         f'  -d \'{{"image": "\'$img\'", "prompt": "A fantasy landscape, trending on artstation", '
         f'"num_inference_steps": 25, "strength": 0.75, "base64": false}}\''
     )
-    sys.stdout.write(f"\nimg2img farm is ready on {url}\nTry:\n{example}\n\n")
+    key_line = f"API key: {api_key}\n" if api_key else "API keys are off (AUTH_ENABLED=false)\n"
+    sys.stdout.write(f"\nimg2img farm is ready on {url}\n{key_line}Try:\n{example}\n\n")
     sys.stdout.flush()
 
 

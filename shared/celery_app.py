@@ -27,6 +27,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_on_failure_or_timeout": True,
         "worker_prefetch_multiplier": 1,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # On SIGTERM, keep running the current job this long before requeueing it.
+        "worker_soft_shutdown_timeout": settings.worker_soft_shutdown_seconds,
+        "worker_enable_soft_shutdown_on_idle": True,
         "task_soft_time_limit": settings.task_soft_time_limit,
         "task_time_limit": settings.task_time_limit,
         "task_ignore_result": True,

@@ -41,10 +41,52 @@ class PayloadTooLarge(InvalidInput):
     status_code = 413
 
 
+class Unauthorized(ServiceError):
+    """Missing, unknown or revoked API key."""
+
+    status_code = 401
+
+
+class NotEnoughCredits(ServiceError):
+    """The key's balance does not cover the job's cost."""
+
+    status_code = 406
+
+    def __init__(self, message: str, balance: str, cost: str) -> None:
+        super().__init__(message)
+        self.balance = balance
+        self.cost = cost
+
+    def body(self) -> dict[str, object]:
+        return {"error": self.message, "balance": self.balance, "cost": self.cost}
+
+
+class RateLimited(ServiceError):
+    """Too many requests for this key in the current minute."""
+
+    status_code = 429
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class NotFound(ServiceError):
     """No such job (or not one the caller may see)."""
 
     status_code = 404
+
+
+class Conflict(ServiceError):
+    """The request clashes with the job's state (e.g. canceling a finished job)."""
+
+    status_code = 409
+
+
+class IdempotencyMismatch(ServiceError):
+    """An ``Idempotency-Key`` was reused with a different body."""
+
+    status_code = 422
 
 
 class Unavailable(ServiceError):

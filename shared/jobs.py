@@ -56,6 +56,11 @@ class Job:
     generation_time: float | None = None
     worker: str | None = None
     attempts: int = 0
+    webhook: str | None = None
+    cancel_requested: bool = False
+    owner: str = ""
+    cost_milli: int = 0
+    refunded: bool = False
 
     @classmethod
     def from_hash(cls, data: Mapping[str, str]) -> Job:
@@ -75,6 +80,11 @@ class Job:
             generation_time=_opt_float(data.get("generation_time")),
             worker=data.get("worker") or None,
             attempts=int(data.get("attempts") or 0),
+            webhook=data.get("webhook") or None,
+            cancel_requested=data.get("cancel_requested") == "1",
+            owner=data.get("owner", ""),
+            cost_milli=int(data.get("cost") or 0),
+            refunded=data.get("refunded") == "1",
         )
 
     @property

@@ -14,6 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import redis
@@ -24,7 +25,31 @@ from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
-_TRANSITION = """
+# Gives a job's charge back to its key, at most once. Uses KEYS[1] (job hash), ARGV[5]
+# (API-key hash prefix).
+_REFUND_BODY = """
+  local owner = redis.call('HGET', KEYS[1], 'owner')
+  local cost = tonumber(redis.call('HGET', KEYS[1], 'cost') or '0')
+  if owner and owner ~= '' and cost > 0 and redis.call('HSETNX', KEYS[1], 'refunded', '1') == 1 then
+    redis.call('HINCRBY', ARGV[5] .. owner, 'balance', cost)
+  end
+"""
+
+_REFUND = (
+    """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+"""
+    + _REFUND_BODY
+    + """
+return 1
+"""
+)
+
+# KEYS: job hash, event stream, queued set, running set. ARGV: allowed statuses, new status, ttl, id,
+# API-key hash prefix, fields... A failed job, or one canceled before it ran, gets its
+# charge back in the same step, once: ``refunded`` is set with HSETNX.
+_TRANSITION = (
+    """
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then return {0, ''} end
 local allowed = false
@@ -32,19 +57,101 @@ for s in string.gmatch(ARGV[1], '%S+') do
   if s == current then allowed = true end
 end
 if not allowed then return {0, current} end
-redis.call('HSET', KEYS[1], 'status', ARGV[2], unpack(ARGV, 4))
+redis.call('HSET', KEYS[1], 'status', ARGV[2], unpack(ARGV, 6))
 if ARGV[2] == 'running' then redis.call('HINCRBY', KEYS[1], 'attempts', 1) end
+if current == 'queued' then redis.call('ZREM', KEYS[3], ARGV[4]) end
+if current == 'running' then redis.call('ZREM', KEYS[4], ARGV[4]) end
+if ARGV[2] == 'failed' or (ARGV[2] == 'canceled' and current == 'queued') then
+"""
+    + _REFUND_BODY
+    + """
+end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', 64, '*', 'status', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 return {1, current}
 """
+)
 
+# KEYS: job hash, running set. ARGV: step, total, attempt, lease seconds, id.
+# Returns 1 when the worker must stop: the job was canceled, or it is no longer this
+# attempt's to run (its lease lapsed and another worker took it over). Renews the lease.
 _PROGRESS = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 1 end
+if redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[3] then return 1 end
 redis.call('HSET', KEYS[1], 'progress_step', ARGV[1], 'progress_total', ARGV[2])
-return 1
+local now = redis.call('TIME')
+redis.call('ZADD', KEYS[2], tonumber(now[1]) + tonumber(ARGV[4]), ARGV[5])
+if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then return 1 end
+return 0
 """
+
+# KEYS: job hash, event stream, queued set, running set. ARGV: worker, lease seconds,
+# max attempts, ttl, API-key hash prefix (for the refund when attempts run out), id.
+# Starts a queued job, or takes over a running one whose lease lapsed (its worker died).
+# Returns {outcome, attempt or seconds}: started, busy (lease held), exhausted, missing,
+# or the job's final status.
+_CLAIM_JOB = (
+    """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {'missing', 0} end
+local now = redis.call('TIME')
+local t = tonumber(now[1]) + tonumber(now[2]) / 1e6
+if status == 'running' then
+  local lease = tonumber(redis.call('ZSCORE', KEYS[4], ARGV[6]) or '0')
+  if lease > t then return {'busy', tostring(lease - t)} end
+elseif status ~= 'queued' then
+  return {status, 0}
+end
+local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('ZREM', KEYS[3], ARGV[6])
+if attempt > tonumber(ARGV[3]) then
+  redis.call('ZREM', KEYS[4], ARGV[6])
+  redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', tostring(t),
+    'error', 'the job was started ' .. (attempt - 1) .. ' times and its worker died each time')
+"""
+    + _REFUND_BODY
+    + """
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', 64, '*', 'status', 'failed')
+  return {'exhausted', attempt - 1}
+end
+redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[1], 'progress_step', '0')
+if status == 'queued' then redis.call('HSET', KEYS[1], 'started_at', tostring(t)) end
+redis.call('ZADD', KEYS[4], t + tonumber(ARGV[2]), ARGV[6])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', 64, '*', 'status', 'running')
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+return {'started', attempt}
+"""
+)
+
+
+# Marks a running job for cancelation; queued jobs are canceled by a transition instead.
+_REQUEST_CANCEL = """
+local current = redis.call('HGET', KEYS[1], 'status')
+if current == 'running' then redis.call('HSET', KEYS[1], 'cancel_requested', '1') end
+return current
+"""
+
+# Claims an idempotency key for a job; returns the job id that owns it and its fingerprint.
+_CLAIM = """
+local ok = redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. ARGV[2], 'NX', 'EX', ARGV[3])
+if ok then return {ARGV[1], ARGV[2]} end
+local value = redis.call('GET', KEYS[1])
+local space = string.find(value, ' ')
+return {string.sub(value, 1, space - 1), string.sub(value, space + 1)}
+"""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What :meth:`JobStore.claim` decided: run it (as ``attempt``) or why not."""
+
+    started: bool
+    attempt: int = 0
+    outcome: str = "started"
+    wait_seconds: float = 0.0
+
 
 # A blocking read never waits longer than this in one call, so a dead connection shows.
 _BLOCK_SLICE_SECONDS = 5.0
@@ -70,6 +177,11 @@ class JobStore:
         self._result_ttl = settings.result_cache_seconds
         self._transition = self._redis.register_script(_TRANSITION)
         self._progress = self._redis.register_script(_PROGRESS)
+        self._request_cancel = self._redis.register_script(_REQUEST_CANCEL)
+        self._claim = self._redis.register_script(_CLAIM)
+        self._claim_job = self._redis.register_script(_CLAIM_JOB)
+        self._refund = self._redis.register_script(_REFUND)
+        self._apikey_prefix = f"{self._prefix}:apikey:"
 
     @property
     def redis(self) -> redis.Redis:
@@ -86,8 +198,16 @@ class JobStore:
 
     # -- writes ---------------------------------------------------------------
 
-    def create(self, job_id: str, params: GenerationParams, seeds: Sequence[int]) -> Job:
-        """Record a new queued job."""
+    def create(
+        self,
+        job_id: str,
+        params: GenerationParams,
+        seeds: Sequence[int],
+        webhook: str | None = None,
+        owner: str = "",
+        cost_milli: int = 0,
+    ) -> Job:
+        """Record a new queued job, who pays for it, and its place in the queue."""
         now = time.time()
         fields: dict[str, str] = {
             "id": job_id,
@@ -97,26 +217,72 @@ class JobStore:
             "created_at": repr(now),
             "progress_total": str(params.denoising_steps),
         }
+        if webhook:
+            fields["webhook"] = webhook
+        if owner:
+            fields["owner"] = owner
+            fields["cost"] = str(cost_milli)
         pipe = self._redis.pipeline(transaction=True)
+        pipe.zadd(self.key("queued"), {job_id: now})
         pipe.hset(self._job_key(job_id), mapping=cast(dict[Any, Any], fields))
         pipe.expire(self._job_key(job_id), self._ttl)
         pipe.xadd(self._events_key(job_id), {"status": JobStatus.QUEUED.value}, maxlen=64)
         pipe.expire(self._events_key(job_id), self._ttl)
+        pipe.hincrby(self.key("stats"), f"jobs_{JobStatus.QUEUED.value}", 1)
         pipe.execute()
         return Job.from_hash(fields)
 
+    def claim(self, job_id: str, worker: str, lease_seconds: float, max_attempts: int) -> Claim:
+        """Take a job to run: a queued one, or a running one whose worker's lease lapsed.
+
+        The lease is renewed at every step (:meth:`progress`); a worker that dies stops
+        renewing it, and the next claim after it lapses takes the job over. After
+        ``max_attempts`` starts the job fails (and is refunded) instead of looping.
+        """
+        outcome, value = self._claim_job(
+            keys=[self._job_key(job_id), self._events_key(job_id), self.key("queued"), self.key("running")],
+            args=[worker, lease_seconds, max_attempts, self._ttl, self._apikey_prefix, job_id],
+        )
+        outcome = str(outcome)
+        if outcome == "started":
+            self.count(jobs_running=1)
+            return Claim(True, attempt=int(value))
+        if outcome == "exhausted":
+            self.count(jobs_failed=1)
+        return Claim(False, outcome=outcome, wait_seconds=float(value) if outcome == "busy" else 0.0)
+
     def start(self, job_id: str, worker: str) -> bool:
-        """queued -> running. False when the job is not queued (already taken, ended, gone)."""
-        return self._move(
-            job_id,
-            (JobStatus.QUEUED,),
-            JobStatus.RUNNING,
-            started_at=repr(time.time()),
-            worker=worker,
+        """queued -> running without a lease (for callers that hold no lease)."""
+        return self.claim(job_id, worker, lease_seconds=3600, max_attempts=1_000_000).started
+
+    def progress(
+        self, job_id: str, step: int, total: int, attempt: int = 0, lease_seconds: float = 3600
+    ) -> bool:
+        """Record a finished denoising step and renew the lease; True when the worker must
+        stop (the job was canceled, or another attempt owns it now)."""
+        if attempt == 0:
+            attempt = int(cast(str, self._redis.hget(self._job_key(job_id), "attempts") or "0"))
+        return bool(
+            self._progress(
+                keys=[self._job_key(job_id), self.key("running")],
+                args=[step, total, attempt, lease_seconds, job_id],
+            )
         )
 
-    def progress(self, job_id: str, step: int, total: int) -> None:
-        self._progress(keys=[self._job_key(job_id)], args=[step, total])
+    def lapsed_leases(self) -> list[str]:
+        """Running jobs whose worker stopped renewing its lease (probably dead)."""
+        now = float(cast(list[str], self._redis.time())[0])
+        return cast(list[str], self._redis.zrangebyscore(self.key("running"), "-inf", now))
+
+    def stale_queued(self, older_than: float) -> list[str]:
+        """Jobs queued for more than ``older_than`` seconds."""
+        return cast(
+            list[str], self._redis.zrangebyscore(self.key("queued"), "-inf", time.time() - older_than)
+        )
+
+    def try_lock(self, name: str, seconds: float) -> bool:
+        """A farm-wide lock that lapses by itself (e.g. one sweeper per interval)."""
+        return bool(self._redis.set(self.key("lock", name), "1", nx=True, px=int(seconds * 1000)))
 
     def succeed(self, job_id: str, outputs: Sequence[str], generation_time: float) -> bool:
         """running -> succeeded with the output keys."""
@@ -129,6 +295,37 @@ class JobStore:
             finished_at=repr(time.time()),
         )
 
+    def cancel(self, job_id: str) -> JobStatus | None:
+        """Cancel a job: a queued one at once, a running one at its next step.
+
+        Returns the status the job had (``None`` if there is no such job); a finished job
+        is left as it is.
+        """
+        if self._move(
+            job_id,
+            (JobStatus.QUEUED,),
+            JobStatus.CANCELED,
+            error="canceled",
+            finished_at=repr(time.time()),
+        ):
+            return JobStatus.QUEUED
+        current = self._request_cancel(keys=[self._job_key(job_id)])
+        return JobStatus(current) if current else None
+
+    def finish_canceled(self, job_id: str) -> bool:
+        """running -> canceled, once the worker has stopped."""
+        return self._move(
+            job_id,
+            (JobStatus.RUNNING,),
+            JobStatus.CANCELED,
+            error="canceled",
+            finished_at=repr(time.time()),
+        )
+
+    def refund(self, job_id: str) -> None:
+        """Give the job's charge back to its key if that has not happened yet (idempotent)."""
+        self._refund(keys=[self._job_key(job_id)], args=[0, 0, 0, 0, self._apikey_prefix])
+
     def fail(self, job_id: str, error: str) -> bool:
         """queued or running -> failed with a message the client sees."""
         return self._move(
@@ -140,12 +337,21 @@ class JobStore:
         )
 
     def _move(self, job_id: str, allowed: Iterable[JobStatus], new: JobStatus, **fields: str) -> bool:
-        args: list[str] = [" ".join(s.value for s in allowed), new.value, str(self._ttl)]
+        args: list[str] = [
+            " ".join(s.value for s in allowed),
+            new.value,
+            str(self._ttl),
+            job_id,
+            self._apikey_prefix,
+        ]
         for name, value in fields.items():
             args += [name, value]
-        moved, previous = self._transition(keys=[self._job_key(job_id), self._events_key(job_id)], args=args)
+        keys = [self._job_key(job_id), self._events_key(job_id), self.key("queued"), self.key("running")]
+        moved, previous = self._transition(keys=keys, args=args)
         if not moved:
             log.info("job %s: not moved to %s (status %r)", job_id, new.value, previous)
+        else:  # jobs by status, for /metrics
+            self.count(**{f"jobs_{new.value}": 1})
         return bool(moved)
 
     # -- reads ----------------------------------------------------------------
@@ -154,8 +360,17 @@ class JobStore:
         data = cast(dict[str, str], self._redis.hgetall(self._job_key(job_id)))
         return Job.from_hash(data) if data else None
 
-    def wait(self, job_id: str, timeout: float) -> Job | None:
-        """Block until the job ends or ``timeout`` passes; return it as it then stands."""
+    def queue_position(self, job_id: str) -> int | None:
+        """How many queued jobs are ahead of this one (0: next); None when not queued."""
+        rank = self._redis.zrank(self.key("queued"), job_id)
+        return None if rank is None else int(cast(int, rank))
+
+    def queue_length(self) -> int:
+        return int(self._redis.zcard(self.key("queued")))
+
+    def wait(self, job_id: str, timeout: float, any_event: bool = False) -> Job | None:
+        """Block until the job ends (or, with ``any_event``, until it exists) or ``timeout``
+        passes; return it as it then stands."""
         deadline = time.monotonic() + timeout
         last_id = "0-0"
         stream = self._events_key(job_id)
@@ -171,10 +386,32 @@ class JobStore:
             for _stream, events in reply or ():
                 for event_id, event in events:
                     last_id = event_id
-                    if JobStatus(event["status"]).terminal:
+                    if any_event or JobStatus(event["status"]).terminal:
                         return self.get(job_id)
             if not reply and self.get(job_id) is None:
                 return None
+
+    # -- webhooks -------------------------------------------------------------
+
+    def webhook_state(self, job_id: str) -> str | None:
+        return cast(str | None, self._redis.hget(self._job_key(job_id), "webhook_state"))
+
+    def set_webhook_state(self, job_id: str, state: str) -> None:
+        """``delivered`` or ``failed: ...``; only a job that still exists gets it."""
+        self._redis.hsetnx(self._job_key(job_id), "webhook_state", state)
+
+    # -- idempotency ----------------------------------------------------------
+
+    def claim_idempotency_key(self, key: str, fingerprint: str, job_id: str, ttl: int) -> tuple[str, str]:
+        """Bind ``key`` to ``job_id`` unless already bound; return the (fingerprint, job id) bound."""
+        owner_fp, owner_job = self._claim(keys=[self.key("idem", key)], args=[fingerprint, job_id, ttl])
+        return str(owner_fp), str(owner_job)
+
+    def release_idempotency_key(self, key: str, job_id: str) -> None:
+        """Free ``key`` if ``job_id`` holds it (its submission failed before it was queued)."""
+        value = cast(str | None, self._redis.get(self.key("idem", key)))
+        if value is not None and value.endswith(" " + job_id):
+            self._redis.delete(self.key("idem", key))
 
     # -- result cache ---------------------------------------------------------
 
@@ -213,9 +450,20 @@ class JobStore:
             pipe.hincrby(self.key("stats"), name, amount)
         pipe.execute()
 
+    def record_run_seconds(self, seconds: float, weight: float = 0.2) -> None:
+        """Fold a job's run time into the moving average used for queue ETAs."""
+        key = self.key("stats")
+        previous = cast(str | None, self._redis.hget(key, "run_seconds_avg"))
+        average = seconds if previous is None else (1 - weight) * float(previous) + weight * seconds
+        self._redis.hset(key, "run_seconds_avg", f"{average:.6f}")
+
+    def average_run_seconds(self) -> float | None:
+        value = cast(str | None, self._redis.hget(self.key("stats"), "run_seconds_avg"))
+        return None if value is None else float(value)
+
     def stats(self) -> dict[str, int]:
         counters = cast(dict[str, str], self._redis.hgetall(self.key("stats")))
-        return {name: int(value) for name, value in counters.items()}
+        return {name: int(value) for name, value in counters.items() if value.lstrip("-").isdigit()}
 
     def ping(self) -> bool:
         return bool(self._redis.ping())

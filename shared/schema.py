@@ -32,6 +32,7 @@ SCHEDULERS: tuple[str, ...] = (
 )
 
 MAX_SEED = 2**63 - 1
+MAX_URL_CHARS = 2048
 RANDOM_SEED = -1
 
 
@@ -99,6 +100,12 @@ def fields(settings: Settings) -> tuple[FieldSpec, ...]:
             "true: JSON with base64 images; false: raw image/jpeg.",
             default=True,
         ),
+        FieldSpec(
+            "webhook",
+            "string",
+            "URL that receives the signed job document when the job ends.",
+            maximum=MAX_URL_CHARS,
+        ),
     )
 
 
@@ -137,6 +144,7 @@ class Img2ImgRequest:
 
     image: str
     params: GenerationParams
+    webhook: str | None = None
 
 
 def parse_request(body: Any, settings: Settings) -> Img2ImgRequest:
@@ -147,7 +155,8 @@ def parse_request(body: Any, settings: Settings) -> Img2ImgRequest:
     for spec in fields(settings):
         values[spec.name] = _check_field(spec, body.get(spec.name), spec.name in body)
     image = values.pop("image")
-    return Img2ImgRequest(image=image, params=GenerationParams(**values))
+    webhook = values.pop("webhook")
+    return Img2ImgRequest(image=image, params=GenerationParams(**values), webhook=webhook)
 
 
 def _check_field(spec: FieldSpec, value: Any, present: bool) -> Any:
@@ -185,6 +194,10 @@ def _check_string(spec: FieldSpec, value: str) -> None:
         raise InvalidInput(spec.name, "must not be empty")
     if spec.maximum is not None and len(value) > spec.maximum:
         raise InvalidInput(spec.name, f"must be at most {int(spec.maximum)} characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate (JSON allows "\ud800"; tokenizers do not)
+        raise InvalidInput(spec.name, "must be valid Unicode text") from exc
 
 
 def _check_range(spec: FieldSpec, value: float) -> None:

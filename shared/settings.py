@@ -46,7 +46,32 @@ class Settings:
     max_image_pixels: int = 4096 * 4096
     max_prompt_chars: int = 2000
     jpeg_quality: int = 90
+    public_url: str = ""
+    idempotency_ttl_seconds: int = 24 * 3600
+
+    # Webhooks, delivered by a separate worker (never the GPU worker).
+    webhook_queue: str = "img2img-webhooks"
+    webhook_secret: str = ""
+    webhook_max_attempts: int = 5
+    webhook_backoff_seconds: float = 2.0
+    webhook_timeout_seconds: float = 10.0
+    webhook_allow: str = ""
     result_cache_seconds: int = 120
+
+    # Image URLs in the ``image`` field (shared/fetch.py).
+    image_url_enabled: bool = True
+    image_url_public: bool = True
+    image_url_allow: str = ""
+    image_url_connect_timeout: float = 5.0
+    image_url_timeout: float = 20.0
+    image_url_max_redirects: int = 3
+
+    # Keys, credits and limits.
+    auth_enabled: bool = True
+    price_per_job: float = 0.0
+    price_per_step: float = 0.01
+    rate_limit_per_minute: int = 120
+    max_queue_depth: int = 1000
 
     # Worker.
     model_id: str = ""
@@ -59,7 +84,30 @@ class Settings:
     task_time_limit: int = 360
     visibility_timeout: int = 900
     worker_heartbeat_seconds: float = 5.0
+    worker_soft_shutdown_seconds: float = 60.0
+    job_lease_seconds: float = 30.0
+    max_job_attempts: int = 3
+    sweep_interval_seconds: float = 5.0
+    queued_deadline_seconds: int = 6 * 3600
     load_timeout_seconds: float = 900.0
+    # Prometheus endpoint of each worker process (0: off); the launcher gives worker i port + i.
+    worker_metrics_port: int = 0
+
+    # Worker fast path (worker/fastpath.py). Switches take auto, on or off; auto means on for
+    # CUDA and off on CPU, except SDPA attention, which auto turns on everywhere.
+    sdpa_attention: str = "auto"
+    channels_last: str = "auto"
+    fuse_qkv: str = "auto"
+    host_timesteps: str = "auto"
+    torch_compile: str = "auto"
+    compile_mode: str = "auto"  # auto: max-autotune on CUDA, default on CPU
+    compile_backend: str = "inductor"
+    warmup: str = "auto"  # auto: full when compiling, basic otherwise; full, cfg, basic, off
+    warmup_samples: tuple[int, ...] = (1, 2, 3, 4)
+
+    # Gateway under gunicorn (deploy/gunicorn.conf.py): each thread holds one waiting request.
+    gateway_workers: int = 2
+    gateway_threads: int = 32
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -91,6 +139,22 @@ class Settings:
             raise SettingsError("DEVICE must be auto, cpu, cuda or cuda:N")
         if self.dtype not in ("auto", "float16", "float32", "bfloat16"):
             raise SettingsError("DTYPE must be auto, float16, bfloat16 or float32")
+        for switch in ("sdpa_attention", "channels_last", "fuse_qkv", "host_timesteps", "torch_compile"):
+            if getattr(self, switch) not in ("auto", "on", "off"):
+                raise SettingsError(f"{switch.upper()} must be auto, on or off")
+        modes = ("auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+        if self.compile_mode not in modes:
+            raise SettingsError(f"COMPILE_MODE must be one of {', '.join(modes)}")
+        if not self.compile_backend:
+            raise SettingsError("COMPILE_BACKEND must name a torch.compile backend")
+        if self.warmup not in ("auto", "full", "cfg", "basic", "off"):
+            raise SettingsError("WARMUP must be auto, full, cfg, basic or off")
+        if not self.warmup_samples or not all(1 <= n <= 4 for n in self.warmup_samples):
+            raise SettingsError("WARMUP_SAMPLES must list sample counts between 1 and 4")
+        if self.image_url_connect_timeout <= 0 or self.image_url_timeout <= 0:
+            raise SettingsError("IMAGE_URL_CONNECT_TIMEOUT and IMAGE_URL_TIMEOUT must be positive")
+        if self.image_url_max_redirects < 0:
+            raise SettingsError("IMAGE_URL_MAX_REDIRECTS must not be negative")
 
     @property
     def model_path(self) -> str:

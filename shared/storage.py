@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 import boto3
 from botocore.config import Config
@@ -23,6 +24,8 @@ class Storage:
         self.bucket = settings.s3_bucket
         self._create_bucket = settings.s3_create_bucket
         self._region = settings.s3_region
+        # Outputs and inputs live as long as their job record, rounded up to whole days.
+        self._expire_days = max(1, math.ceil(settings.job_ttl_seconds / 86400))
         self._client = boto3.client(
             "s3",
             endpoint_url=settings.s3_endpoint_url or None,
@@ -39,7 +42,11 @@ class Storage:
         )
 
     def ensure_bucket(self) -> None:
-        """Create the bucket when it is missing and creating it is allowed."""
+        """Create the bucket when missing (and allowed), then set the retention rule."""
+        self._create_if_missing()
+        self._set_expiry()
+
+    def _create_if_missing(self) -> None:
         try:
             self._client.head_bucket(Bucket=self.bucket)
             return
@@ -57,6 +64,34 @@ class Storage:
         except ClientError as exc:
             if _code(exc) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                 raise Unavailable(f"storage: cannot create bucket {self.bucket!r}") from exc
+
+    def _set_expiry(self) -> None:
+        """Expire ``jobs/`` objects with their job records; servers without lifecycle support are logged."""
+        rule = {
+            "ID": "img2img-job-retention",
+            "Filter": {"Prefix": "jobs/"},
+            "Status": "Enabled",
+            "Expiration": {"Days": self._expire_days},
+        }
+        try:
+            self._client.put_bucket_lifecycle_configuration(
+                Bucket=self.bucket, LifecycleConfiguration={"Rules": [rule]}
+            )
+        except (BotoCoreError, ClientError) as exc:
+            log.warning(
+                "storage: cannot set the %d-day expiry rule on %s: %s", self._expire_days, self.bucket, exc
+            )
+
+    def expiry_days(self) -> int | None:
+        """The retention rule now on the bucket, if any."""
+        try:
+            rules = self._client.get_bucket_lifecycle_configuration(Bucket=self.bucket)["Rules"]
+        except (BotoCoreError, ClientError):
+            return None
+        for rule in rules:
+            if rule.get("ID") == "img2img-job-retention":
+                return int(rule["Expiration"]["Days"])
+        return None
 
     def put(self, key: str, data: bytes, content_type: str) -> None:
         try:

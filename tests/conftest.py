@@ -11,7 +11,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from deploy.local import RedisServer, S3Server, WorkerProcess
+from deploy.local import GatewayProcess, RedisServer, S3Server, WorkerProcess
 from shared.jobstore import JobStore
 from shared.settings import Settings
 
@@ -56,6 +56,7 @@ def base_settings(redis_server: RedisServer, s3_server: S3Server, tiny_model: Pa
         torch_threads=TORCH_THREADS,
         sync_wait_seconds=60,
         worker_heartbeat_seconds=1.0,
+        auth_enabled=False,
     )
 
 
@@ -102,3 +103,29 @@ def isolated_settings(base_settings: Settings) -> Settings:
     """Settings with a fresh queue and key prefix, for tests that start their own workers."""
     tag = uuid.uuid4().hex[:8]
     return base_settings.replace(queue_name=f"img2img-{tag}", key_prefix=f"t-{tag}")
+
+
+@pytest.fixture(scope="session")
+def faulty_farm(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
+    """A gateway and a worker whose runner raises when the prompt contains ``[fail]``."""
+    from api.app import create_app
+
+    settings = base_settings.replace(
+        queue_name="img2img-faulty",
+        key_prefix="t-faulty",
+        runner="tests.fixtures.runners:FailOnMarkerRunner",
+    )
+    proc = start_worker(settings, tmp_path_factory.mktemp("faulty"), "faulty")
+    yield create_app(settings)
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(
+    settings: Settings, worker: WorkerProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """The main farm's gateway under gunicorn, as ``make run`` serves it; yields its URL."""
+    proc = GatewayProcess(settings, tmp_path_factory.mktemp("gateway"), threads=16)
+    proc.start()
+    yield proc.url
+    proc.stop()

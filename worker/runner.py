@@ -1,18 +1,27 @@
 """The model runner: loads the pipeline once per process and runs many jobs on it.
 
 A runner's lifecycle is explicit: ``load()`` once (the worker reports ready only after
-it returns), then ``run()`` for each job. Another runner can be named with the
-``RUNNER`` setting (``module:Class``) as long as it has the same two methods.
+it returns, and it returns only after the warm-up), then ``run()`` for each job. Another
+runner can be named with the ``RUNNER`` setting (``module:Class``) as long as it has the
+same two methods.
+
+All device work (load, warm-up, every job) runs on one thread owned by the runner:
+CUDA graphs recorded by ``torch.compile`` belong to the thread that recorded them, so the
+thread that warms them up must be the one that replays them. A caller that stops
+waiting (a time limit) abandons its job, which then stops at its next step.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import math
+import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol, TypeVar
 
 import torch
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import (
@@ -22,6 +31,8 @@ from PIL import Image
 
 from shared.schema import GenerationParams
 from shared.settings import Settings
+from worker import fastpath
+from worker.fastpath import FastPath
 from worker.schedulers import make_scheduler
 
 log = logging.getLogger(__name__)
@@ -31,6 +42,7 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=r"You have passed \d+ text prompts", category=FutureWarning)
 
 StepCallback = Callable[[int, int], None]
+T = TypeVar("T")
 
 
 class Runner(Protocol):
@@ -43,6 +55,10 @@ class Runner(Protocol):
         seeds: Sequence[int],
         on_step: StepCallback,
     ) -> list[Image.Image]: ...
+
+
+class RunAbandoned(RuntimeError):
+    """Stops a job whose caller no longer waits for it."""
 
 
 def resolve_device(setting: str) -> torch.device:
@@ -58,6 +74,16 @@ def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:
     return dtype
 
 
+def step_progress(iteration: int, iterations: int, total: int) -> int:
+    """Denoising step reached after loop ``iteration`` (0-based) of ``iterations``.
+
+    Second-order schedulers (Heun, DPM2) run about two loop iterations per step.
+    """
+    if iterations <= 0:
+        return total
+    return min(total, math.ceil((iteration + 1) * total / iterations))
+
+
 class DiffusersRunner:
     """``StableDiffusionImg2ImgPipeline`` on one device; all samples of a job in one call."""
 
@@ -65,8 +91,14 @@ class DiffusersRunner:
         self.settings = settings
         self.device = resolve_device(settings.device)
         self.dtype = resolve_dtype(settings.dtype, self.device)
+        self.fast = FastPath.resolve(settings, self.device)
         self._pipe: StableDiffusionImg2ImgPipeline | None = None
         self._scheduler_config: Any = None
+        self._device_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="runner")
+        self._device_ident: int | None = None
+        self.load_seconds = 0.0
+        self.warmup_seconds = 0.0
+        self.warmup_calls = 0
 
     @property
     def pipe(self) -> StableDiffusionImg2ImgPipeline:
@@ -75,6 +107,20 @@ class DiffusersRunner:
         return self._pipe
 
     def load(self) -> None:
+        self._on_device_thread(self._load)
+
+    def close(self) -> None:
+        """Drop the pipeline and stop the device thread (benchmarks load several runners)."""
+        self._pipe = None
+        self._device_thread.shutdown(wait=True)
+
+    def _on_device_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        if threading.get_ident() == self._device_ident:
+            return fn(*args)
+        return self._device_thread.submit(fn, *args).result()
+
+    def _load(self) -> None:
+        self._device_ident = threading.get_ident()
         started = time.monotonic()
         if self.settings.torch_threads > 0:
             torch.set_num_threads(self.settings.torch_threads)
@@ -86,30 +132,45 @@ class DiffusersRunner:
         )
         pipe = pipe.to(self.device)
         pipe.set_progress_bar_config(disable=True)  # type: ignore[no-untyped-call]
+        fastpath.apply(pipe, self.fast)
         self._scheduler_config = pipe.scheduler.config
         self._pipe = pipe
         self._warm_up()
+        self.load_seconds = time.monotonic() - started
         log.info(
-            "loaded %s on %s (%s) in %.1fs",
+            "loaded %s on %s (%s; %s) in %.1fs, warm-up %.1fs",
             self.settings.model_path,
             self.device,
             self.dtype,
-            time.monotonic() - started,
+            self.fast.describe(),
+            self.load_seconds,
+            self.warmup_seconds,
         )
 
     def _warm_up(self) -> None:
-        """One short call per allowed square size, so the first job pays no one-time set-up."""
-        for size in self.settings.allowed_sizes:
-            image = Image.new("RGB", (size, size), (127, 127, 127))
-            with torch.inference_mode():
-                self.pipe(
-                    prompt="warm-up",
-                    image=image,
-                    strength=0.5,
-                    num_inference_steps=2,
-                    generator=self.generators([0]),
-                    output_type="pil",
-                )
+        """Run every shape the service accepts (see :func:`fastpath.warmup_plan`) once now."""
+        plan = fastpath.warmup_plan(self.settings.allowed_sizes, self.fast)
+        if self.fast.compile:
+            fastpath.allow_graphs(len(plan) + 8)
+        started = time.monotonic()
+        for call in plan:
+            params = GenerationParams(
+                prompt="warm-up",
+                negative_prompt=None,
+                samples=call.samples,
+                scheduler="DDIM",
+                num_inference_steps=call.num_inference_steps,
+                guidance_scale=call.guidance_scale,
+                strength=call.strength,
+                seed=0,
+                img_width=call.width,
+                img_height=call.height,
+                base64=False,
+            )
+            image = Image.new("RGB", (call.width, call.height), (127, 127, 127))
+            self._generate(params, image, list(range(call.samples)), _no_progress, threading.Event())
+        self.warmup_calls = len(plan)
+        self.warmup_seconds = time.monotonic() - started
 
     def generators(self, seeds: Sequence[int]) -> list[torch.Generator]:
         """One generator per sample, so sample i is reproducible alone with seed + i."""
@@ -122,12 +183,32 @@ class DiffusersRunner:
         seeds: Sequence[int],
         on_step: StepCallback,
     ) -> list[Image.Image]:
+        abandoned = threading.Event()
+        try:
+            return self._on_device_thread(self._generate, params, image, seeds, on_step, abandoned)
+        except BaseException:
+            abandoned.set()  # the caller gave up (or the job failed): stop at the next step
+            raise
+
+    def _generate(
+        self,
+        params: GenerationParams,
+        image: Image.Image,
+        seeds: Sequence[int],
+        on_step: StepCallback,
+        abandoned: threading.Event,
+    ) -> list[Image.Image]:
         pipe = self.pipe
-        pipe.scheduler = make_scheduler(params.scheduler, self._scheduler_config)
+        scheduler = make_scheduler(params.scheduler, self._scheduler_config)
+        pipe.scheduler = fastpath.prepare_scheduler(scheduler, params.scheduler, self.fast)
         total = params.denoising_steps
 
-        def step_end(_pipe: Any, step: int, _timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-            on_step(step + 1, total)
+        # Called by the pipeline after every loop iteration. It reports plain integers and
+        # never touches a tensor, so it adds no host-device synchronisation to the loop.
+        def step_end(_pipe: Any, iteration: int, _timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            if abandoned.is_set():
+                raise RunAbandoned("the caller stopped waiting for this job")
+            on_step(step_progress(iteration, pipe.num_timesteps, total), total)
             return kwargs
 
         with torch.inference_mode():
@@ -146,6 +227,10 @@ class DiffusersRunner:
             )
         images: list[Image.Image] = result.images
         return images
+
+
+def _no_progress(_step: int, _total: int) -> None:
+    return None
 
 
 def load_runner_class(path: str) -> Callable[[Settings], Runner]:

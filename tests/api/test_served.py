@@ -2,24 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 import requests
 
-from deploy.local import GatewayProcess, WorkerProcess
 from shared.settings import Settings
 from tests.helpers import jpeg_pixels, reference_body
-
-
-@pytest.fixture(scope="module")
-def gateway(
-    settings: Settings, worker: WorkerProcess, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    proc = GatewayProcess(settings, tmp_path_factory.mktemp("gateway"), threads=8)
-    proc.start()
-    yield proc.url
-    proc.stop()
 
 
 def test_health_and_readiness(gateway: str) -> None:

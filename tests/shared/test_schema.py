@@ -34,6 +34,7 @@ def test_every_field_of_the_design_table_is_declared() -> None:
         "img_width",
         "img_height",
         "base64",
+        "webhook",
     ]
     assert len(SCHEDULERS) == 12
 

@@ -1,0 +1,54 @@
+"""API keys on every ``/v1`` and ``/v2`` route; per-key rate limits; the credits header.
+
+Health, readiness, metrics and the OpenAPI document are outside ``/v1`` and ``/v2`` and
+need no key. ``AUTH_ENABLED=false`` turns keys off for local development: jobs then
+belong to nobody and cost nothing.
+"""
+
+from __future__ import annotations
+
+from flask import Flask, Response, g, request
+
+from shared.errors import RateLimited, Unauthorized
+from shared.keys import ApiKey, KeyStore
+from shared.pricing import format_credits
+from shared.settings import Settings
+
+KEY_HEADER = "x-api-key"
+_PROTECTED = ("/v1/", "/v2/")
+
+
+def current_key() -> ApiKey | None:
+    """The authenticated key of this request (None with auth off)."""
+    key: ApiKey | None = g.get("api_key")
+    return key
+
+
+def current_owner() -> str | None:
+    """Whose jobs this request may see: the key's id, or None (everyone's) with auth off."""
+    key = current_key()
+    return key.id if key is not None else None
+
+
+def init_auth(app: Flask, settings: Settings, keys: KeyStore) -> None:
+    @app.before_request
+    def authenticate() -> None:
+        g.api_key = None
+        if not settings.auth_enabled or not request.path.startswith(_PROTECTED):
+            return
+        presented = request.headers.get(KEY_HEADER, "")
+        record = keys.authenticate(presented) if presented else None
+        if record is None:
+            raise Unauthorized(f"missing, unknown or revoked API key (send it in {KEY_HEADER})")
+        g.api_key = record
+        limit = record.rate_limit or settings.rate_limit_per_minute
+        count, retry_after = keys.hit(record.id)
+        if count > limit:
+            raise RateLimited(f"rate limit of {limit} requests per minute reached", retry_after)
+
+    @app.after_request
+    def remaining_credits(response: Response) -> Response:
+        key = current_key()
+        if key is not None:
+            response.headers["x-remaining-credits"] = format_credits(keys.balance(key.id))
+        return response

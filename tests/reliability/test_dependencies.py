@@ -1,0 +1,127 @@
+"""Redis and S3 failing under the farm: clean errors, refunds, and recovery."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from deploy.local import GatewayProcess, RedisServer, S3Server
+from shared.jobs import JobStatus
+from shared.settings import Settings
+from shared.storage import Storage
+from tests.conftest import start_worker
+from tests.helpers import reference_body
+from tests.reliability.conftest import LONG, Farm
+
+
+@pytest.fixture()
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis", appendonly=True)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def own_s3(tmp_path: Path) -> Iterator[S3Server]:
+    server = S3Server(tmp_path / "s3")
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_redis_restart_with_aof_keeps_queued_jobs(
+    fault_settings: Settings, own_redis: RedisServer, tmp_path: Path
+) -> None:
+    settings = fault_settings.replace(redis_url=own_redis.url)
+    farm = Farm(settings)
+    jobs = [farm.submit(seed=i) for i in range(10)]
+    time.sleep(1.5)  # appendfsync everysec
+    own_redis.stop()
+    own_redis.start()
+    worker = start_worker(settings, tmp_path, "after-restart")
+    try:
+        done = [farm.finished(job.id) for job in jobs]
+    finally:
+        worker.stop()
+    assert [job.status for job in done] == [JobStatus.SUCCEEDED] * 10
+
+
+def test_s3_outage_fails_the_job_clean_and_refunds(
+    fault_settings: Settings, own_s3: S3Server, tmp_path: Path
+) -> None:
+    settings = fault_settings.replace(s3_endpoint_url=own_s3.url)
+    farm = Farm(settings)
+    worker = start_worker(settings, tmp_path, "s3-outage")
+    try:
+        before = farm.balance()
+        job = farm.submit(**LONG)
+        farm.wait(job.id, lambda j: j.status is JobStatus.RUNNING and j.progress_step >= 2)
+        own_s3.stop()
+        done = farm.finished(job.id)
+        assert done.status is JobStatus.FAILED
+        assert "storage" in (done.error or "")
+        assert farm.balance() == before
+        own_s3.start()
+        Storage(settings).ensure_bucket()  # moto keeps nothing across restarts; MinIO or S3 would
+        again = farm.submit()
+        assert farm.finished(again.id).status is JobStatus.SUCCEEDED
+    finally:
+        worker.stop()
+
+
+def test_redis_down_at_submit_is_503_and_charges_nothing(
+    fault_settings: Settings, own_redis: RedisServer
+) -> None:
+    from api.app import create_app
+    from shared.keys import KeyStore
+
+    settings = fault_settings.replace(redis_url=own_redis.url, auth_enabled=True)
+    key, record = KeyStore(settings).create("down", 1_000_000)
+    client = create_app(settings).test_client()
+    own_redis.stop()
+    reply = client.post("/v1/sd1.5-img2img", json=reference_body(), headers={"x-api-key": key})
+    assert reply.status_code == 503
+    assert int(reply.headers["Retry-After"]) > 0
+    assert "unavailable" in reply.get_json()["error"]
+    own_redis.start()
+    assert KeyStore(settings).balance(record.id) == 1_000_000
+    assert Farm(settings).store.queue_length() == 0
+
+
+def test_gateway_restart_while_a_client_waits(fault_settings: Settings, tmp_path: Path) -> None:
+    worker = start_worker(fault_settings, tmp_path, "behind-gateway")
+    gateway = GatewayProcess(fault_settings, tmp_path, threads=4)
+    gateway.start()
+    farm = Farm(fault_settings)
+    body = reference_body(img_width=768, img_height=768, **LONG)
+    key = {"Idempotency-Key": "restart-test"}
+    calls = farm.pipeline_calls()
+    try:
+        # The gateway process dies (SIGKILL) under the waiting request.
+        threading.Timer(2.0, gateway.signal, args=(signal.SIGKILL,)).start()
+        with pytest.raises(requests.RequestException):
+            requests.post(f"{gateway.url}/v1/sd1.5-img2img", json=body, headers=key, timeout=60)
+        gateway.stop()  # reap the killed process
+        gateway = GatewayProcess(fault_settings, tmp_path, port=gateway.port, threads=4)
+        gateway.start()
+        again = requests.post(
+            f"{gateway.url}/v1/sd1.5-img2img",
+            json=body,
+            headers={**key, "Prefer": "respond-async"},
+            timeout=60,
+        )
+        assert again.status_code in (200, 202)
+        done = farm.finished(again.headers["x-job-id"])
+        assert done.status is JobStatus.SUCCEEDED
+        assert requests.get(f"{gateway.url}/v1/jobs/{done.id}", timeout=10).json()["status"] == "succeeded"
+        assert farm.pipeline_calls() - calls == 1
+    finally:
+        gateway.stop()
+        worker.stop()
