@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.images import MIME_TYPES
-from shared.schema import FieldSpec, fields
+from shared.schema import REFERENCE_REQUEST, FieldSpec, fields
 from shared.settings import Settings
 
 API_VERSION = "1.0.0"
@@ -33,20 +33,7 @@ Schema = dict[str, Any]
 EXAMPLE_IMAGE = (
     "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAIAAABLbSncAAAAFUlEQVR42mPUqDjBgA0wMeAAg1MCABznAXiY7kjRAAAAAElFTkSuQmCC"
 )
-EXAMPLE_REQUEST: dict[str, Any] = {
-    "image": EXAMPLE_IMAGE,
-    "prompt": "A fantasy landscape, trending on artstation, mystical sky",
-    "negative_prompt": "nude, disfigured, blurry",
-    "samples": 1,
-    "scheduler": "DDIM",
-    "num_inference_steps": 25,
-    "guidance_scale": 10.5,
-    "strength": 0.75,
-    "seed": 98877465625,
-    "img_width": 512,
-    "img_height": 512,
-    "base64": False,
-}
+EXAMPLE_REQUEST: dict[str, Any] = {"image": EXAMPLE_IMAGE, **REFERENCE_REQUEST}
 
 
 # -- the route table ---------------------------------------------------------------------

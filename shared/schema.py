@@ -31,6 +31,21 @@ SCHEDULERS: tuple[str, ...] = (
     "UniPC",
 )
 
+# Segmind's published example request (without its image), used in docs, tests and benchmarks.
+REFERENCE_REQUEST: dict[str, Any] = {
+    "samples": 1,
+    "prompt": "A fantasy landscape, trending on artstation, mystical sky",
+    "negative_prompt": "nude, disfigured, blurry",
+    "scheduler": "DDIM",
+    "num_inference_steps": 25,
+    "guidance_scale": 10.5,
+    "strength": 0.75,
+    "seed": 98877465625,
+    "img_width": 512,
+    "img_height": 512,
+    "base64": False,
+}
+
 MAX_SEED = 2**63 - 1
 MAX_URL_CHARS = 2048
 RANDOM_SEED = -1

@@ -8,19 +8,9 @@ from typing import Any
 
 from PIL import Image
 
-REFERENCE = {
-    "samples": 1,
-    "prompt": "A fantasy landscape, trending on artstation, mystical sky",
-    "negative_prompt": "nude, disfigured, blurry",
-    "scheduler": "DDIM",
-    "num_inference_steps": 25,
-    "guidance_scale": 10.5,
-    "strength": 0.75,
-    "seed": 98877465625,
-    "img_width": 512,
-    "img_height": 512,
-    "base64": False,
-}
+from shared.schema import REFERENCE_REQUEST
+
+REFERENCE = REFERENCE_REQUEST
 
 
 def sample_image(size: tuple[int, int] = (512, 512), fmt: str = "PNG") -> bytes:
