@@ -95,6 +95,18 @@ def test_redis_down_at_submit_is_503_and_charges_nothing(
     assert Farm(settings).store.queue_length() == 0
 
 
+def post_when_up(url: str, body: dict[str, object], headers: dict[str, str]) -> requests.Response:
+    """POST, retrying while a just-started gateway is still booting its workers."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return requests.post(url, json=body, headers=headers, timeout=60)
+        except requests.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def test_gateway_restart_while_a_client_waits(fault_settings: Settings, tmp_path: Path) -> None:
     worker = start_worker(fault_settings, tmp_path, "behind-gateway")
     gateway = GatewayProcess(fault_settings, tmp_path, threads=4)
@@ -109,14 +121,9 @@ def test_gateway_restart_while_a_client_waits(fault_settings: Settings, tmp_path
         with pytest.raises(requests.RequestException):
             requests.post(f"{gateway.url}/v1/sd1.5-img2img", json=body, headers=key, timeout=60)
         gateway.stop()  # reap the killed process
-        gateway = GatewayProcess(fault_settings, tmp_path, port=gateway.port, threads=4)
+        gateway = GatewayProcess(fault_settings, tmp_path, threads=4)
         gateway.start()
-        again = requests.post(
-            f"{gateway.url}/v1/sd1.5-img2img",
-            json=body,
-            headers={**key, "Prefer": "respond-async"},
-            timeout=60,
-        )
+        again = post_when_up(f"{gateway.url}/v1/sd1.5-img2img", body, {**key, "Prefer": "respond-async"})
         assert again.status_code in (200, 202)
         done = farm.finished(again.headers["x-job-id"])
         assert done.status is JobStatus.SUCCEEDED

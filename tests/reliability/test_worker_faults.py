@@ -35,11 +35,16 @@ def test_kill_9_mid_denoising_five_times(farm: Farm, fault_settings: Settings, t
             victim.signal(signal.SIGKILL)
             victim.proc.wait(10)  # type: ignore[union-attr]
             workers.remove(victim)
+            # A replacement boots while the surviving worker takes the job over.
+            replacement = WorkerProcess(fault_settings, tmp_path, name=f"w{round_ + 2}")
+            ready_before = farm.store.ready_workers(max_age=3600)
+            replacement.start()
+            workers.append(replacement)
             done = farm.finished(job.id)
             assert done.status is JobStatus.SUCCEEDED, done.error
             assert done.attempts == 2 and done.worker != running.worker
             jobs.append(done)
-            workers.append(start_worker(fault_settings, tmp_path, f"w{round_ + 2}"))
+            replacement.wait_ready(farm.store, timeout=180, before=ready_before)
     finally:
         for worker in workers:
             worker.stop()
