@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint bench bench-gpu model clean openapi workers deploy-check
+.PHONY: setup run test lint bench bench-soak bench-batching bench-gpu model clean openapi workers deploy-check
 
 setup: $(STAMP)
 
@@ -29,6 +29,12 @@ lint: setup
 
 bench: setup
 	$(PY) bench/overhead.py
+
+bench-soak: setup
+	$(PY) bench/soak.py $(ARGS)
+
+bench-batching: setup
+	$(PY) bench/batching.py $(ARGS)
 
 # GPU fast path figures: SD1.5 random weights on CUDA, the tiny model on CPU (ARGS="--smoke").
 bench-gpu: setup

@@ -26,6 +26,18 @@ class JobStatus(enum.StrEnum):
 _TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED})
 
 
+def shape_key(params: GenerationParams) -> str:
+    """What jobs must share to run in one pipeline call (prompts and seeds may differ).
+
+    A missing negative prompt is the empty one (diffusers encodes ``None`` as ``""``), so it
+    is not part of the shape.
+    """
+    return (
+        f"{params.img_width}x{params.img_height}:{params.num_inference_steps}:{params.strength!r}"
+        f":{params.guidance_scale!r}:{params.scheduler}"
+    )
+
+
 def new_job_id() -> str:
     return uuid.uuid4().hex
 
@@ -61,6 +73,8 @@ class Job:
     owner: str = ""
     cost_milli: int = 0
     refunded: bool = False
+    batch_id: str | None = None
+    batch_started_at: float | None = None
 
     @classmethod
     def from_hash(cls, data: Mapping[str, str]) -> Job:
@@ -85,6 +99,8 @@ class Job:
             owner=data.get("owner", ""),
             cost_milli=int(data.get("cost") or 0),
             refunded=data.get("refunded") == "1",
+            batch_id=data.get("batch_id") or None,
+            batch_started_at=_opt_float(data.get("batch_started_at")),
         )
 
     @property

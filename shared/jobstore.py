@@ -19,7 +19,7 @@ from typing import Any, cast
 
 import redis
 
-from shared.jobs import Job, JobStatus
+from shared.jobs import Job, JobStatus, shape_key
 from shared.schema import GenerationParams
 from shared.settings import Settings
 
@@ -153,6 +153,9 @@ class Claim:
     wait_seconds: float = 0.0
 
 
+# Longest a per-shape list of batching candidates may grow.
+_SHAPE_LIST_CAP = 1000
+
 # A blocking read never waits longer than this in one call, so a dead connection shows.
 _BLOCK_SLICE_SECONDS = 5.0
 
@@ -229,8 +232,37 @@ class JobStore:
         pipe.xadd(self._events_key(job_id), {"status": JobStatus.QUEUED.value}, maxlen=64)
         pipe.expire(self._events_key(job_id), self._ttl)
         pipe.hincrby(self.key("stats"), f"jobs_{JobStatus.QUEUED.value}", 1)
+        shape = self._shape_key(shape_key(params))
+        pipe.rpush(shape, job_id)
+        pipe.ltrim(shape, -_SHAPE_LIST_CAP, -1)  # ids of jobs that ran alone never pile up
+        pipe.expire(shape, self._ttl)
         pipe.execute()
         return Job.from_hash(fields)
+
+    def _shape_key(self, shape: str) -> str:
+        return self.key("shape", shape)
+
+    def next_of_shape(self, shape: str, timeout: float) -> str | None:
+        """The oldest job id submitted with ``shape`` that no batch has taken yet, waiting
+        up to ``timeout`` seconds for one (0: do not wait). The id may name a job that has
+        run already (its own message ran it); the caller's claim tells."""
+        key = self._shape_key(shape)
+        if timeout <= 0:
+            return cast(str | None, self._redis.lpop(key))
+        reply = cast(tuple[str, str] | None, self._redis.blpop([key], timeout=timeout))
+        return None if reply is None else reply[1]
+
+    def return_to_shape(self, shape: str, job_id: str) -> None:
+        """Put back an id taken by :meth:`next_of_shape` that did not fit the batch."""
+        self._redis.lpush(self._shape_key(shape), job_id)
+
+    def mark_batch(self, job_ids: Sequence[str], batch_id: str) -> None:
+        """Record which pipeline call (batch) the jobs run in, and when it starts."""
+        pipe = self._redis.pipeline(transaction=False)
+        now = repr(time.time())
+        for job_id in job_ids:
+            pipe.hset(self._job_key(job_id), mapping={"batch_id": batch_id, "batch_started_at": now})
+        pipe.execute()
 
     def claim(self, job_id: str, worker: str, lease_seconds: float, max_attempts: int) -> Claim:
         """Take a job to run: a queued one, or a running one whose worker's lease lapsed.

@@ -90,6 +90,10 @@ class Settings:
     sweep_interval_seconds: float = 5.0
     queued_deadline_seconds: int = 6 * 3600
     load_timeout_seconds: float = 900.0
+    # Cross-request batching (worker/batching.py): queued jobs of one shape share a pipeline
+    # call of at most this many images; a job waits at most BATCH_WAIT_MS for partners.
+    batch_max_images: int = 8
+    batch_wait_ms: int = 30
     # Prometheus endpoint of each worker process (0: off); the launcher gives worker i port + i.
     worker_metrics_port: int = 0
 
@@ -153,6 +157,10 @@ class Settings:
             raise SettingsError("WARMUP_SAMPLES must list sample counts between 1 and 4")
         if self.image_url_connect_timeout <= 0 or self.image_url_timeout <= 0:
             raise SettingsError("IMAGE_URL_CONNECT_TIMEOUT and IMAGE_URL_TIMEOUT must be positive")
+        if self.batch_max_images < 1:
+            raise SettingsError("BATCH_MAX_IMAGES must be at least 1 (1 turns batching off)")
+        if not 0 <= self.batch_wait_ms <= 10_000:
+            raise SettingsError("BATCH_WAIT_MS must be between 0 and 10000")
         if self.image_url_max_redirects < 0:
             raise SettingsError("IMAGE_URL_MAX_REDIRECTS must not be negative")
 

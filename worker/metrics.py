@@ -24,6 +24,7 @@ from shared.metrics import LATENCY_BUCKETS, QUEUE_WAIT, TIME_TO_RESULT, FarmMetr
 
 log = logging.getLogger(__name__)
 
+BATCH_BUCKETS: Final[tuple[float, ...]] = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
 PIPELINE_BUCKETS: Final[tuple[float, ...]] = (0.1, 0.25, 0.5, 1, 2, 3, 5, 8, 13, 20, 30, 60, 120, 300)
 
 
@@ -82,6 +83,15 @@ class WorkerMetrics:
             buckets=LATENCY_BUCKETS,
             registry=reg,
         )
+        self.batch_images = Histogram(
+            "img2img_worker_batch_images",
+            "Images per pipeline call (one job's samples, or several jobs batched)",
+            buckets=BATCH_BUCKETS,
+            registry=reg,
+        )
+        self.batch_jobs = Histogram(
+            "img2img_worker_batch_jobs", "Jobs per pipeline call", buckets=BATCH_BUCKETS, registry=reg
+        )
         reg.register(CudaMemoryCollector())
         self._farm = FarmMetrics(store) if store is not None else None
         self.port: int | None = None
@@ -111,6 +121,10 @@ class WorkerMetrics:
         self.pipeline_seconds.observe(seconds)
         if seconds > 0:
             self.steps_per_second.set(steps / seconds)
+
+    def batch_ran(self, images: int, jobs: int) -> None:
+        self.batch_images.observe(images)
+        self.batch_jobs.observe(jobs)
 
     def job_succeeded(self, job: Job) -> None:
         self._observe_farm(TIME_TO_RESULT, max(time.time() - job.created_at, 0.0), job.id)

@@ -1,9 +1,10 @@
 """The model runner: loads the pipeline once per process and runs many jobs on it.
 
 A runner's lifecycle is explicit: ``load()`` once (the worker reports ready only after
-it returns, and it returns only after the warm-up), then ``run()`` for each job. Another
-runner can be named with the ``RUNNER`` setting (``module:Class``) as long as it has the
-same two methods.
+it returns, and it returns only after the warm-up), then ``run_batch()`` for each pipeline
+call: one job's samples, or the images of several jobs of one shape (worker/batching.py).
+Another runner can be named with the ``RUNNER`` setting (``module:Class``) as long as it
+has the same two methods.
 
 All device work (load, warm-up, every job) runs on one thread owned by the runner:
 CUDA graphs recorded by ``torch.compile`` belong to the thread that recorded them, so the
@@ -19,8 +20,9 @@ import math
 import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import torch
@@ -45,16 +47,36 @@ StepCallback = Callable[[int, int], None]
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class BatchItem:
+    """One image of a pipeline call: its job's prompts and init image, and its own seed.
+
+    Consecutive items with the same ``job`` are decoded together, as the job alone would be.
+    """
+
+    prompt: str
+    negative_prompt: str | None
+    image: Image.Image
+    seed: int
+    job: str = ""
+
+
+def job_items(
+    params: GenerationParams, image: Image.Image, seeds: Iterable[int], job: str = ""
+) -> list[BatchItem]:
+    """The items of one job: its prompt and image once per sample, seed + i for sample i."""
+    return [BatchItem(params.prompt, params.negative_prompt, image, seed, job) for seed in seeds]
+
+
 class Runner(Protocol):
     def load(self) -> None: ...
 
-    def run(
-        self,
-        params: GenerationParams,
-        image: Image.Image,
-        seeds: Sequence[int],
-        on_step: StepCallback,
-    ) -> list[Image.Image]: ...
+    def run_batch(
+        self, params: GenerationParams, items: Sequence[BatchItem], on_step: StepCallback
+    ) -> list[Image.Image]:
+        """One pipeline call with the shape of ``params`` (size, steps, strength, scheduler,
+        guidance); prompts, images and seeds come from ``items``, one output per item."""
+        ...
 
 
 class RunAbandoned(RuntimeError):
@@ -85,7 +107,7 @@ def step_progress(iteration: int, iterations: int, total: int) -> int:
 
 
 class DiffusersRunner:
-    """``StableDiffusionImg2ImgPipeline`` on one device; all samples of a job in one call."""
+    """``StableDiffusionImg2ImgPipeline`` on one device; one call per batch of images."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -168,7 +190,8 @@ class DiffusersRunner:
                 base64=False,
             )
             image = Image.new("RGB", (call.width, call.height), (127, 127, 127))
-            self._generate(params, image, list(range(call.samples)), _no_progress, threading.Event())
+            items = job_items(params, image, range(call.samples))
+            self._generate(params, items, _no_progress, threading.Event())
         self.warmup_calls = len(plan)
         self.warmup_seconds = time.monotonic() - started
 
@@ -183,9 +206,15 @@ class DiffusersRunner:
         seeds: Sequence[int],
         on_step: StepCallback,
     ) -> list[Image.Image]:
+        """One job alone: all its samples in one call."""
+        return self.run_batch(params, job_items(params, image, seeds), on_step)
+
+    def run_batch(
+        self, params: GenerationParams, items: Sequence[BatchItem], on_step: StepCallback
+    ) -> list[Image.Image]:
         abandoned = threading.Event()
         try:
-            return self._on_device_thread(self._generate, params, image, seeds, on_step, abandoned)
+            return self._on_device_thread(self._generate, params, items, on_step, abandoned)
         except BaseException:
             abandoned.set()  # the caller gave up (or the job failed): stop at the next step
             raise
@@ -193,8 +222,7 @@ class DiffusersRunner:
     def _generate(
         self,
         params: GenerationParams,
-        image: Image.Image,
-        seeds: Sequence[int],
+        items: Sequence[BatchItem],
         on_step: StepCallback,
         abandoned: threading.Event,
     ) -> list[Image.Image]:
@@ -211,21 +239,42 @@ class DiffusersRunner:
             on_step(step_progress(iteration, pipe.num_timesteps, total), total)
             return kwargs
 
+        # Lists, one entry per image: prompts, init images and generators. Diffusers encodes
+        # a missing negative prompt as "", so "" stands in for it next to images that have one.
+        negatives = [item.negative_prompt for item in items]
         with torch.inference_mode():
             result = pipe(
-                prompt=params.prompt,
-                image=image,
+                prompt=[item.prompt for item in items],
+                image=[item.image for item in items],
                 strength=params.strength,
                 num_inference_steps=params.num_inference_steps,
                 guidance_scale=params.guidance_scale,
-                negative_prompt=params.negative_prompt,
-                num_images_per_prompt=len(seeds),
-                generator=self.generators(seeds),
-                output_type="pil",
+                negative_prompt=None if all(n is None for n in negatives) else [n or "" for n in negatives],
+                num_images_per_prompt=1,
+                generator=self.generators([item.seed for item in items]),
+                output_type="latent",
                 callback_on_step_end=step_end,
                 callback_on_step_end_tensor_inputs=[],
             )
-        images: list[Image.Image] = result.images
+            return self._decode(result.images, items)
+
+    def _decode(self, latents: torch.Tensor, items: Sequence[BatchItem]) -> list[Image.Image]:
+        """Decode each job's latents in a call of their own, as the pipeline decodes a job
+        alone: the VAE rounds differently at other batch sizes, and this keeps a batched
+        job's images closest to its images alone."""
+        pipe = self.pipe
+        images: list[Image.Image] = []
+        start = 0
+        while start < len(items):
+            end = start + 1
+            while end < len(items) and items[end].job == items[start].job:
+                end += 1
+            scaled = latents[start:end] / pipe.vae.config.scaling_factor
+            decoded = pipe.vae.decode(scaled, return_dict=False)[0]
+            images += pipe.image_processor.postprocess(
+                decoded, output_type="pil", do_denormalize=[True] * (end - start)
+            )
+            start = end
         return images
 
 
