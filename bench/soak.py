@@ -8,7 +8,7 @@ end it waits for every accepted job to end and prints:
 
 - submitted, succeeded, failed: accepted jobs and how they ended;
 - lost: accepted jobs that never ended (must be 0);
-- duplicated: pipeline completions beyond one per succeeded job (must be 0);
+- duplicated: job runs completed beyond one per succeeded job (must be 0);
 - p50/p95 latency from submit to result, and the number of kills.
 
     python bench/soak.py [--clients 4] [--minutes 2] [--kill-every 15] [--json out.json]
@@ -115,7 +115,8 @@ class Soak:
 
     def run(self) -> dict[str, Any]:
         store = JobStore(self.farm.settings)
-        calls_before = store.stats().get("pipeline_calls", 0)
+        # Jobs carried by completed pipeline calls (a batched call carries several).
+        runs_before = store.stats().get("pipeline_jobs", 0)
         threads = [threading.Thread(target=self.client, args=(i,)) for i in range(self.clients)]
         threads.append(threading.Thread(target=self.killer))
         for thread in threads:
@@ -138,7 +139,7 @@ class Soak:
         for worker in self.replacements:
             worker.stop()
         succeeded = sum(1 for status in outcomes.values() if status == "succeeded")
-        calls = store.stats().get("pipeline_calls", 0) - calls_before
+        runs = store.stats().get("pipeline_jobs", 0) - runs_before
         return {
             "clients": self.clients,
             "seconds": self.seconds,
@@ -148,7 +149,7 @@ class Soak:
             "succeeded": succeeded,
             "failed": sum(1 for status in outcomes.values() if status != "succeeded"),
             "lost": len(pending),
-            "duplicated": max(0, calls - succeeded),
+            "duplicated": max(0, runs - succeeded),
             "refused_requests": self.refused,
             "latency_p50_s": percentile(self.latencies, 50),
             "latency_p95_s": percentile(self.latencies, 95),
