@@ -27,19 +27,12 @@ sys.path.insert(0, str(ROOT))
 
 import requests  # noqa: E402
 
+from bench.stats import percentile  # noqa: E402
 from deploy.local import Farm, local_farm  # noqa: E402
 from shared.jobstore import JobStore  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from tests.helpers import reference_body  # noqa: E402
 from worker.models import ensure_tiny_model  # noqa: E402
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
 
 
 def load(farm: Farm, clients: int, per_client: int, body: dict[str, Any]) -> dict[str, Any]:

@@ -59,6 +59,7 @@ from diffusers.models.attention_processor import AttnProcessor  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
+from bench.stats import percentile  # noqa: E402
 from deploy.local import local_farm  # noqa: E402
 from shared.images import prepare_image  # noqa: E402
 from shared.schema import SCHEDULERS, GenerationParams  # noqa: E402
@@ -80,12 +81,6 @@ VARIANTS: tuple[tuple[str, str], ...] = (
     ("+ torch.compile", "torch_compile"),
 )
 AUDIT_STEPS = (20, 0.2)  # num_inference_steps, strength: 4 denoising steps per scheduler
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
 
 
 class StepClock:

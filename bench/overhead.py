@@ -31,6 +31,7 @@ import torch  # noqa: E402
 from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from bench.stats import percentile  # noqa: E402
 from deploy.local import local_farm  # noqa: E402
 from shared.images import prepare_image  # noqa: E402
 from shared.keys import KeyStore  # noqa: E402
@@ -39,12 +40,6 @@ from tests.helpers import REFERENCE, reference_body, sample_image  # noqa: E402
 from worker.models import ensure_tiny_model  # noqa: E402
 
 THREADS = 2
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
 
 
 def summary(values: list[float]) -> dict[str, float]:

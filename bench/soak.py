@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 import requests  # noqa: E402
 
+from bench.stats import percentile  # noqa: E402
 from deploy.local import Farm, WorkerProcess, local_farm  # noqa: E402
 from shared.jobstore import JobStore  # noqa: E402
 from shared.settings import Settings  # noqa: E402
@@ -38,13 +39,6 @@ from tests.helpers import reference_body  # noqa: E402
 from worker.models import ensure_tiny_model  # noqa: E402
 
 TERMINAL = ("succeeded", "failed", "canceled")
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 class Soak:

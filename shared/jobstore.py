@@ -283,10 +283,6 @@ class JobStore:
             self.count(jobs_failed=1)
         return Claim(False, outcome=outcome, wait_seconds=float(value) if outcome == "busy" else 0.0)
 
-    def start(self, job_id: str, worker: str) -> bool:
-        """queued -> running without a lease (for callers that hold no lease)."""
-        return self.claim(job_id, worker, lease_seconds=3600, max_attempts=1_000_000).started
-
     def progress(
         self, job_id: str, step: int, total: int, attempt: int = 0, lease_seconds: float = 3600
     ) -> bool:
