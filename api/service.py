@@ -128,13 +128,15 @@ class JobService:
         owner: str | None = None,
         cost_milli: int = 0,
     ) -> Job:
-        """Store the input, record the job and enqueue it; the queue carries only the id."""
+        """Record the job with a Redis copy of its input, enqueue it (the queue carries only
+        the id), then write the input to S3 while a worker may already be running it. The
+        client hears back only once S3 holds the input; if S3 refuses it and no worker has
+        started the job, the job fails (refunded) and the client gets 503."""
         if params.seed == RANDOM_SEED:
             params = replace(params, seed=secrets.randbelow(_RANDOM_SEED_BOUND))
         seeds = [params.seed + i for i in range(params.samples)]
-        self.storage.put(input_key(job_id), image, "application/octet-stream")
         job = self.store.create(
-            job_id, params, seeds, webhook=webhook, owner=owner or "", cost_milli=cost_milli
+            job_id, params, seeds, webhook=webhook, owner=owner or "", cost_milli=cost_milli, image=image
         )
         try:
             self.celery.send_task(RUN_JOB_TASK, args=[job_id], queue=self.settings.queue_name)
@@ -142,8 +144,20 @@ class JobService:
             log.error("job %s: cannot enqueue: %s", job_id, exc)
             self.store.fail(job_id, "the queue is unavailable")
             raise Unavailable("the queue is unavailable; try again") from exc
+        self._store_input(job_id, image)
         log.info("job %s: queued (%d samples)", job_id, params.samples)
         return job
+
+    def _store_input(self, job_id: str, image: bytes) -> None:
+        try:
+            self.storage.put(input_key(job_id), image, "application/octet-stream")
+        except Unavailable:
+            if self.store.fail_queued(job_id, "storage unavailable: the input could not be stored"):
+                raise
+            # A worker took the job from the Redis copy, which stays until the job expires.
+            log.warning("job %s: input not in S3; running from its Redis copy", job_id, exc_info=True)
+            return
+        self.store.input_stored(job_id)
 
     def get(self, job_id: str, owner: str | None = None) -> Job:
         """The job, if ``owner`` may see it (another key's job is reported as missing)."""

@@ -86,11 +86,11 @@ if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then return 1 end
 return 0
 """
 
-# KEYS: job hash, event stream, queued set, running set. ARGV: worker, lease seconds,
-# max attempts, ttl, API-key hash prefix (for the refund when attempts run out), id.
+# KEYS: job hash, event stream, queued set, running set, stats. ARGV: worker, lease
+# seconds, max attempts, ttl, API-key hash prefix (for the refund when attempts run out), id.
 # Starts a queued job, or takes over a running one whose lease lapsed (its worker died).
-# Returns {outcome, attempt or seconds}: started, busy (lease held), exhausted, missing,
-# or the job's final status.
+# Returns {outcome, attempt or seconds, job fields when started}: started, busy (lease
+# held), exhausted, missing, upload (succeeded, outputs not yet in S3), or the final status.
 _CLAIM_JOB = (
     """
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -100,6 +100,8 @@ local t = tonumber(now[1]) + tonumber(now[2]) / 1e6
 if status == 'running' then
   local lease = tonumber(redis.call('ZSCORE', KEYS[4], ARGV[6]) or '0')
   if lease > t then return {'busy', tostring(lease - t)} end
+elseif status == 'succeeded' and redis.call('HGET', KEYS[1], 'upload_pending') == '1' then
+  return {'upload', 0}
 elseif status ~= 'queued' then
   return {status, 0}
 end
@@ -113,6 +115,7 @@ if attempt > tonumber(ARGV[3]) then
     + _REFUND_BODY
     + """
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', 64, '*', 'status', 'failed')
+  redis.call('HINCRBY', KEYS[5], 'jobs_failed', 1)
   return {'exhausted', attempt - 1}
 end
 redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[1], 'progress_step', '0')
@@ -121,9 +124,31 @@ redis.call('ZADD', KEYS[4], t + tonumber(ARGV[2]), ARGV[6])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', 64, '*', 'status', 'running')
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
-return {'started', attempt}
+redis.call('HINCRBY', KEYS[5], 'jobs_running', 1)
+return {'started', attempt, redis.call('HGETALL', KEYS[1])}
 """
 )
+
+# KEYS: job hash, event stream, running set, uploads set, stats, result keys...
+# ARGV: attempt, ttl, id, outputs (JSON), generation time, finished at, upload deadline,
+# images... running -> succeeded for this attempt only (a worker that lost its lease
+# writes nothing). The images are kept in Redis, without the short cache expiry, until
+# :meth:`JobStore.uploaded` says S3 holds them; the uploads set lets the sweeper finish
+# an upload whose worker died.
+_SUCCEED = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
+if redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[1] then return 0 end
+for i = 6, #KEYS do redis.call('SET', KEYS[i], ARGV[2 + i], 'EX', ARGV[2]) end
+redis.call('HSET', KEYS[1], 'status', 'succeeded', 'outputs', ARGV[4], 'generation_time', ARGV[5],
+  'finished_at', ARGV[6], 'upload_pending', '1')
+redis.call('ZREM', KEYS[3], ARGV[3])
+redis.call('ZADD', KEYS[4], ARGV[7], ARGV[3])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', 64, '*', 'status', 'succeeded')
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+redis.call('HINCRBY', KEYS[5], 'jobs_succeeded', 1)
+return 1
+"""
 
 
 # Marks a running job for cancelation; queued jobs are canceled by a transition instead.
@@ -151,6 +176,7 @@ class Claim:
     attempt: int = 0
     outcome: str = "started"
     wait_seconds: float = 0.0
+    job: Job | None = None  # the record as the claim left it, when started
 
 
 # Longest a per-shape list of batching candidates may grow.
@@ -178,6 +204,8 @@ class JobStore:
             settings.redis_url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30
         )
         self._result_ttl = settings.result_cache_seconds
+        self._input_ttl = settings.input_cache_seconds
+        self._succeed = self._blobs.register_script(_SUCCEED)
         self._transition = self._redis.register_script(_TRANSITION)
         self._progress = self._redis.register_script(_PROGRESS)
         self._request_cancel = self._redis.register_script(_REQUEST_CANCEL)
@@ -199,6 +227,12 @@ class JobStore:
     def _events_key(self, job_id: str) -> str:
         return self.key("job", job_id, "events")
 
+    def _input_key(self, job_id: str) -> str:
+        return self.key("job", job_id, "input")
+
+    def _result_key(self, job_id: str, index: int) -> str:
+        return self.key("job", job_id, "result", str(index))
+
     # -- writes ---------------------------------------------------------------
 
     def create(
@@ -209,8 +243,10 @@ class JobStore:
         webhook: str | None = None,
         owner: str = "",
         cost_milli: int = 0,
+        image: bytes | None = None,
     ) -> Job:
-        """Record a new queued job, who pays for it, and its place in the queue."""
+        """Record a new queued job, who pays for it, its place in the queue and, with
+        ``image``, a copy of its input for the worker (kept until :meth:`input_stored`)."""
         now = time.time()
         fields: dict[str, str] = {
             "id": job_id,
@@ -232,6 +268,8 @@ class JobStore:
         pipe.xadd(self._events_key(job_id), {"status": JobStatus.QUEUED.value}, maxlen=64)
         pipe.expire(self._events_key(job_id), self._ttl)
         pipe.hincrby(self.key("stats"), f"jobs_{JobStatus.QUEUED.value}", 1)
+        if image is not None:
+            pipe.set(self._input_key(job_id), image, ex=self._ttl)
         shape = self._shape_key(shape_key(params))
         pipe.rpush(shape, job_id)
         pipe.ltrim(shape, -_SHAPE_LIST_CAP, -1)  # ids of jobs that ran alone never pile up
@@ -271,16 +309,21 @@ class JobStore:
         renewing it, and the next claim after it lapses takes the job over. After
         ``max_attempts`` starts the job fails (and is refunded) instead of looping.
         """
-        outcome, value = self._claim_job(
-            keys=[self._job_key(job_id), self._events_key(job_id), self.key("queued"), self.key("running")],
+        reply = self._claim_job(
+            keys=[
+                self._job_key(job_id),
+                self._events_key(job_id),
+                self.key("queued"),
+                self.key("running"),
+                self.key("stats"),
+            ],
             args=[worker, lease_seconds, max_attempts, self._ttl, self._apikey_prefix, job_id],
         )
-        outcome = str(outcome)
+        outcome, value = str(reply[0]), reply[1]
         if outcome == "started":
-            self.count(jobs_running=1)
-            return Claim(True, attempt=int(value))
-        if outcome == "exhausted":
-            self.count(jobs_failed=1)
+            flat = reply[2]
+            job = Job.from_hash(dict(zip(flat[::2], flat[1::2], strict=True)))
+            return Claim(True, attempt=int(value), job=job)
         return Claim(False, outcome=outcome, wait_seconds=float(value) if outcome == "busy" else 0.0)
 
     def progress(
@@ -312,16 +355,39 @@ class JobStore:
         """A farm-wide lock that lapses by itself (e.g. one sweeper per interval)."""
         return bool(self._redis.set(self.key("lock", name), "1", nx=True, px=int(seconds * 1000)))
 
-    def succeed(self, job_id: str, outputs: Sequence[str], generation_time: float) -> bool:
-        """running -> succeeded with the output keys."""
-        return self._move(
+    def succeed(
+        self,
+        job_id: str,
+        attempt: int,
+        outputs: Sequence[str],
+        images: Sequence[bytes],
+        generation_time: float,
+        upload_seconds: float,
+    ) -> bool:
+        """running -> succeeded, if ``attempt`` still owns the job, with the output keys and
+        the images themselves: waiting clients are answered from Redis at once, while the
+        worker writes S3. Until :meth:`uploaded`, the job is in the uploads set with a
+        deadline ``upload_seconds`` away, past which :meth:`lapsed_uploads` hands it out again."""
+        keys = [
+            self._job_key(job_id),
+            self._events_key(job_id),
+            self.key("running"),
+            self.key("uploads"),
+            self.key("stats"),
+            *(self._result_key(job_id, i) for i in range(len(images))),
+        ]
+        now = time.time()
+        args: list[bytes | str | int] = [
+            attempt,
+            self._ttl,
             job_id,
-            (JobStatus.RUNNING,),
-            JobStatus.SUCCEEDED,
-            outputs=json.dumps(list(outputs)),
-            generation_time=f"{generation_time:.6f}",
-            finished_at=repr(time.time()),
-        )
+            json.dumps(list(outputs)),
+            f"{generation_time:.6f}",
+            repr(now),
+            repr(now + upload_seconds),
+            *images,
+        ]
+        return bool(self._succeed(keys=keys, args=args))
 
     def cancel(self, job_id: str) -> JobStatus | None:
         """Cancel a job: a queued one at once, a running one at its next step.
@@ -353,6 +419,12 @@ class JobStore:
     def refund(self, job_id: str) -> None:
         """Give the job's charge back to its key if that has not happened yet (idempotent)."""
         self._refund(keys=[self._job_key(job_id)], args=[0, 0, 0, 0, self._apikey_prefix])
+
+    def fail_queued(self, job_id: str, error: str) -> bool:
+        """queued -> failed (and refunded); a job that has started already is left running."""
+        return self._move(
+            job_id, (JobStatus.QUEUED,), JobStatus.FAILED, error=error, finished_at=repr(time.time())
+        )
 
     def fail(self, job_id: str, error: str) -> bool:
         """queued or running -> failed with a message the client sees."""
@@ -441,20 +513,49 @@ class JobStore:
         if value is not None and value.endswith(" " + job_id):
             self._redis.delete(self.key("idem", key))
 
-    # -- result cache ---------------------------------------------------------
+    # -- images in Redis ------------------------------------------------------
 
-    def cache_results(self, job_id: str, images: Sequence[bytes]) -> None:
-        """Keep fresh output bytes in Redis briefly, so a waiting request skips the S3 read."""
-        if self._result_ttl <= 0:
-            return
-        pipe = self._blobs.pipeline(transaction=False)
-        for index, data in enumerate(images):
-            pipe.set(self.key("job", job_id, "result", str(index)), data, ex=self._result_ttl)
-        pipe.execute()
+    def input_image(self, job_id: str) -> bytes | None:
+        """The copy of the job's input written by :meth:`create`, while it is kept."""
+        return cast(bytes | None, self._blobs.get(self._input_key(job_id)))
+
+    def input_stored(self, job_id: str) -> None:
+        """S3 holds the input now: the Redis copy need only outlive a short queue."""
+        if self._input_ttl > 0:
+            self._blobs.expire(self._input_key(job_id), self._input_ttl)
+        else:
+            self._blobs.delete(self._input_key(job_id))
 
     def cached_result(self, job_id: str, index: int) -> bytes | None:
-        data = self._blobs.get(self.key("job", job_id, "result", str(index)))
-        return cast(bytes | None, data)
+        """An output image while Redis keeps it: until it is uploaded, and a little after."""
+        return cast(bytes | None, self._blobs.get(self._result_key(job_id, index)))
+
+    def uploaded(self, job_id: str, count: int) -> None:
+        """S3 holds the job's ``count`` outputs: Redis keeps them only as a short cache."""
+        pipe = self._blobs.pipeline(transaction=False)
+        pipe.hdel(self._job_key(job_id), "upload_pending")
+        pipe.zrem(self.key("uploads"), job_id)
+        for index in range(count):
+            if self._result_ttl > 0:
+                pipe.expire(self._result_key(job_id, index), self._result_ttl)
+            else:
+                pipe.delete(self._result_key(job_id, index))
+        pipe.execute()
+
+    def retry_upload_in(self, job_id: str, seconds: float) -> None:
+        """Hand the upload out again (:meth:`lapsed_uploads`) in ``seconds``."""
+        self._redis.zadd(self.key("uploads"), {job_id: time.time() + seconds}, xx=True)
+
+    def forget_upload(self, job_id: str) -> None:
+        """Drop a pending upload that can no longer be done (the job has expired)."""
+        self._redis.zrem(self.key("uploads"), job_id)
+
+    def lapsed_uploads(self) -> list[str]:
+        """Succeeded jobs whose outputs are not in S3 past their upload deadline."""
+        return cast(list[str], self._redis.zrangebyscore(self.key("uploads"), "-inf", time.time()))
+
+    def pending_uploads(self) -> int:
+        return int(self._redis.zcard(self.key("uploads")))
 
     # -- workers --------------------------------------------------------------
 

@@ -57,6 +57,9 @@ class Settings:
     webhook_timeout_seconds: float = 10.0
     webhook_allow: str = ""
     result_cache_seconds: int = 120
+    # Inputs also travel through Redis so a worker skips the S3 read; once S3 holds the
+    # input the Redis copy lives this long (0: dropped at once).
+    input_cache_seconds: int = 300
 
     # Image URLs in the ``image`` field (shared/fetch.py).
     image_url_enabled: bool = True

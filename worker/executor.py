@@ -1,4 +1,4 @@
-"""One job, start to end: claim it, fetch its input, run, store outputs, record the result.
+"""One job, start to end: claim it, fetch its input, run, record the result, store outputs.
 
 A claimed job takes queued partners of its shape into the same pipeline call
 (worker/batching.py); each job of the batch keeps its own lease, progress and result.
@@ -7,9 +7,16 @@ Delivery is at least once (acks late, requeue on worker loss); effects are once:
 - a job runs only after :meth:`JobStore.claim` hands it to this worker (queued, or
   running with a lapsed lease because its worker died), so a redelivered message for a
   running or finished job does nothing;
-- every step renews the lease and checks that this attempt still owns the job;
+- progress renews the lease at every step and tells the run when this attempt no longer
+  owns the job (worker/progress.py); the final transition checks the attempt again;
 - outputs go to deterministic keys and status changes are idempotent Lua scripts, so a
   repeated write or transition changes nothing.
+
+Latency: the input comes from its Redis copy (S3 only when that has expired), and a job
+is marked succeeded with its images in Redis before they are written to S3, so a waiting
+client is answered without any S3 round trip. The upload follows at once; if it fails or
+the worker dies first, the job stays in the uploads set and the sweeper hands it out
+again, and the images stay in Redis until S3 holds them.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from dataclasses import dataclass
 from celery.exceptions import SoftTimeLimitExceeded
 from PIL import Image
 
+from shared.errors import Unavailable
 from shared.images import encode_jpeg, open_image, prepare_image
 from shared.jobs import Job, input_key, output_key
 from shared.jobstore import JobStore
@@ -32,13 +40,10 @@ from shared.settings import Settings
 from shared.storage import Storage
 from worker.batching import Member, collect_partners
 from worker.metrics import WorkerMetrics
+from worker.progress import StepReporter, StopRun
 from worker.runner import BatchItem, Runner, StepCallback, job_items
 
 log = logging.getLogger(__name__)
-
-
-class StopRun(Exception):
-    """Raised from the step callback: every job of the call was canceled or is owned elsewhere."""
 
 
 @dataclass
@@ -48,6 +53,24 @@ class JobRun:
     member: Member
     items: list[BatchItem]
     stopped: bool = False
+
+    @property
+    def job_id(self) -> str:
+        return self.member.job.id
+
+    @property
+    def attempt(self) -> int:
+        return self.member.attempt
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """A job marked succeeded whose images are still to be written to S3."""
+
+    job: Job
+    keys: list[str]
+    images: list[bytes]
+    finished_at: float
 
 
 class JobExecutor:
@@ -75,93 +98,159 @@ class JobExecutor:
         claim = self.store.claim(
             job_id, self.name, self.settings.job_lease_seconds, self.settings.max_job_attempts
         )
-        if not claim.started:
+        if claim.outcome == "upload":
+            self._retry_upload(job_id)
+            return
+        if not claim.started or claim.job is None:
             if claim.outcome == "exhausted":
                 log.error("job %s: failed after %d starts that each lost their worker", job_id, claim.attempt)
                 self._finished(job_id, True)
+            elif claim.outcome == "missing":
+                self.store.forget_upload(job_id)  # an expired job's upload, if one was pending
             else:
                 log.info("job %s: not run here (%s)", job_id, claim.outcome)
             return
-        job = self.store.get(job_id)
-        if job is None:
-            return
         if claim.attempt > 1:
             log.warning("job %s: taking over, attempt %d", job_id, claim.attempt)
-        first = Member(job, claim.attempt)
-        members = [first, *collect_partners(self.settings, self.store, first, self.name)]
-        for member in members:
-            self.metrics.job_started(member.job)
-        self._run(members)
+        first = Member(claim.job, claim.attempt)
+        self._run([first, *collect_partners(self.settings, self.store, first, self.name)])
 
     def _run(self, members: list[Member]) -> None:
-        """One pipeline call for all ``members`` (jobs of one shape), results back to each."""
+        """One pipeline call for all ``members`` (jobs of one shape), results back to each.
+
+        Waiting clients come first: every job is marked succeeded (images in Redis) before
+        any S3 write, and counters and metrics are written last."""
         self.store.mark_batch([m.job.id for m in members], uuid.uuid4().hex)
         runs = [r for r in (self._prepare(m) for m in members) if r is not None]
         if not runs:
             return
         params = runs[0].member.job.params
         items = [item for run in runs for item in run.items]
+        calls: list[tuple[int, int]] = []
         started = time.monotonic()
         try:
-            outputs = self._generate(params, items, self._step_reporter(runs), jobs=len(runs))
+            with StepReporter(self.store, runs, self.settings.job_lease_seconds) as progress:
+                outputs = self._generate(params, items, progress.report, calls, jobs=len(runs))
         except StopRun:
             for run in runs:
                 self._stopped(run.member)
+            self._record(runs, [], 0.0)
             return
         except SoftTimeLimitExceeded:
             message = f"the job ran past its time limit of {self.settings.task_soft_time_limit} s"
             for run in runs:
-                log.error("job %s: past its soft time limit", run.member.job.id)
+                log.error("job %s: past its soft time limit", run.job_id)
                 self._fail(run, message)
+            self._record(runs, [], 0.0)
             return
         except Exception as exc:
             for run in runs:
-                log.error("job %s: failed: %s", run.member.job.id, _describe(exc), exc_info=exc)
+                log.error("job %s: failed: %s", run.job_id, _describe(exc), exc_info=exc)
                 self._fail(run, f"generation failed: {_describe(exc)}")
+            self._record(runs, [], 0.0)
             return
         elapsed = time.monotonic() - started
-        self.metrics.pipeline_ran(len(outputs), params.denoising_steps, elapsed)
-        self.metrics.batch_ran(len(outputs), len(runs))
-        if len(runs) > 1:
-            self.store.count(batched_jobs=len(runs))
+        self._count_calls(runs, calls, params, elapsed)
+        delivered: list[Delivered] = []
         offset = 0
         for run in runs:
             images = outputs[offset : offset + len(run.items)]
             offset += len(run.items)
             if run.stopped:
                 self._stopped(run.member)
-            else:
-                self._deliver(run.member.job, images, elapsed)
+                continue
+            done = self._deliver(run, images, elapsed)
+            if done is not None:
+                delivered.append(done)
+        for done in delivered:
+            self._upload(done.job.id, done.keys, done.images)
+        self._record(runs, delivered, elapsed)
+
+    def _count_calls(
+        self,
+        runs: Sequence[JobRun],
+        calls: Sequence[tuple[int, int]],
+        params: GenerationParams,
+        elapsed: float,
+    ) -> None:
+        """What the pipeline did, counted before any job of the call is seen to end."""
+        images = sum(n for n, _ in calls)
+        self.metrics.pipeline_ran(images, params.denoising_steps, elapsed)
+        self.metrics.batch_ran(images, len(runs))
+        self.store.count(
+            pipeline_calls=len(calls),
+            images=images,
+            pipeline_jobs=sum(j for _, j in calls),
+            batched_jobs=len(runs) if len(runs) > 1 else 0,
+        )
+
+    def _record(self, runs: Sequence[JobRun], delivered: Sequence[Delivered], elapsed: float) -> None:
+        """Latency metrics, run time and webhooks, once the clients have their images."""
+        for run in runs:
+            self.metrics.job_started(run.member.job)
+        if delivered:
+            self.store.record_run_seconds(elapsed)
+        for done in delivered:
+            self.metrics.job_succeeded(done.job, done.finished_at)
+            self._finished(done.job.id, True)
+            log.info("job %s: succeeded in %.3fs (%d images)", done.job.id, elapsed, len(done.images))
 
     def _prepare(self, member: Member) -> JobRun | None:
         """Fetch and decode the job's input; a bad input fails this job alone."""
         job = member.job
         try:
-            image = prepare_image(
-                open_image(self.storage.get(input_key(job.id)), self.settings),
-                job.params.img_width,
-                job.params.img_height,
-            )
+            data = self.store.input_image(job.id)
+            if data is None:  # the Redis copy has expired: the job waited long
+                data = self.storage.get(input_key(job.id))
+            params = job.params
+            image = prepare_image(open_image(data, self.settings), params.img_width, params.img_height)
         except Exception as exc:
             log.exception("job %s: input not usable", job.id)
             self._finished(job.id, self.store.fail(job.id, f"generation failed: {_describe(exc)}"))
             return None
         return JobRun(member, job_items(job.params, image, job.seeds, job.id))
 
-    def _deliver(self, job: Job, images: list[Image.Image], elapsed: float) -> None:
+    def _deliver(self, run: JobRun, images: list[Image.Image], elapsed: float) -> Delivered | None:
+        """Encode the images and mark the job succeeded with them; None if it is not ours."""
+        job = run.member.job
         try:
             keys = [output_key(job.id, i) for i in range(len(images))]
             encoded = [encode_jpeg(output, self.settings.jpeg_quality) for output in images]
-            self._upload(keys, encoded)
-            self.store.cache_results(job.id, encoded)
+            upload_deadline = self.settings.job_lease_seconds
+            if self.store.succeed(job.id, run.attempt, keys, encoded, elapsed, upload_deadline):
+                return Delivered(job, keys, encoded, time.time())
         except Exception as exc:
             log.exception("job %s: failed", job.id)
             self._finished(job.id, self.store.fail(job.id, f"generation failed: {_describe(exc)}"))
+            return None
+        self._stopped(run.member)  # canceled, or taken over, during the last step
+        return None
+
+    def _upload(self, job_id: str, keys: list[str], images: Sequence[bytes]) -> None:
+        """Write a succeeded job's outputs to S3; on failure, leave them for a later try."""
+        try:
+            self._put_all(keys, images)
+        except Unavailable as exc:
+            retry = self.settings.job_lease_seconds
+            log.warning("job %s: outputs not written to S3 (%s); trying again in %.0f s", job_id, exc, retry)
+            self.store.retry_upload_in(job_id, retry)
             return
-        self.store.record_run_seconds(elapsed)
-        self._finished(job.id, self.store.succeed(job.id, keys, elapsed))
-        self.metrics.job_succeeded(job)
-        log.info("job %s: succeeded in %.3fs (%d images)", job.id, elapsed, len(images))
+        self.store.uploaded(job_id, len(keys))
+
+    def _retry_upload(self, job_id: str) -> None:
+        """Finish the S3 write of a succeeded job whose first upload failed or was cut off."""
+        job = self.store.get(job_id)
+        if job is None:
+            self.store.forget_upload(job_id)
+            return
+        images = [self.store.cached_result(job_id, i) for i in range(len(job.outputs))]
+        kept = [image for image in images if image is not None]
+        if len(kept) != len(images):
+            log.error("job %s: outputs left Redis before S3 had them", job_id)
+            self.store.uploaded(job_id, 0)
+            return
+        log.info("job %s: writing its outputs to S3 again", job_id)
+        self._upload(job_id, list(job.outputs), kept)
 
     def _stopped(self, member: Member) -> None:
         """The job was canceled, or another attempt owns it: write no result."""
@@ -181,10 +270,16 @@ class JobExecutor:
             self._finished(run.member.job.id, self.store.fail(run.member.job.id, message))
 
     def _generate(
-        self, params: GenerationParams, items: Sequence[BatchItem], on_step: StepCallback, jobs: int = 1
+        self,
+        params: GenerationParams,
+        items: Sequence[BatchItem],
+        on_step: StepCallback,
+        calls: list[tuple[int, int]],
+        jobs: int = 1,
     ) -> list[Image.Image]:
         """All images in one pipeline call; on GPU out-of-memory, the batch is halved and
-        retried (one generator per image keeps every image the same), down to one image."""
+        retried (one generator per image keeps every image the same), down to one image.
+        Each call that ran is appended to ``calls`` as (images, jobs)."""
         try:
             images = self.runner.run_batch(params, items, on_step)
         except Exception as exc:
@@ -196,36 +291,19 @@ class JobExecutor:
                 "out of GPU memory at %d images; retrying as %d + %d", len(items), half, len(items) - half
             )
             first, second = items[:half], items[half:]
-            return self._generate(params, first, on_step, min(jobs, len(first))) + self._generate(
-                params, second, on_step, min(jobs, len(second))
+            return self._generate(params, first, on_step, calls, min(jobs, len(first))) + self._generate(
+                params, second, on_step, calls, min(jobs, len(second))
             )
-        self.store.count(pipeline_calls=1, images=len(images), pipeline_jobs=jobs)
+        calls.append((len(images), jobs))
         if len(images) != len(items):
             raise RuntimeError(f"runner returned {len(images)} images for {len(items)} samples")
         return images
-
-    def _step_reporter(self, runs: Sequence[JobRun]) -> StepCallback:
-        """Progress and lease renewal for every job of the batch. A job that must stop
-        (canceled, or another attempt owns it) is marked; when none is left to run,
-        :class:`StopRun` ends the pipeline call."""
-        lease = self.settings.job_lease_seconds
-
-        def report(step: int, total: int) -> None:
-            for run in runs:
-                if not run.stopped and self.store.progress(
-                    run.member.job.id, step, total, run.member.attempt, lease
-                ):
-                    run.stopped = True
-            if all(run.stopped for run in runs):
-                raise StopRun(runs[0].member.job.id)
-
-        return report
 
     def _finished(self, job_id: str, moved: bool) -> None:
         if moved and self.on_finished is not None:
             self.on_finished(job_id)
 
-    def _upload(self, keys: list[str], blobs: list[bytes]) -> None:
+    def _put_all(self, keys: Sequence[str], blobs: Sequence[bytes]) -> None:
         """Write all outputs; several at once when a job has several samples."""
         if len(keys) == 1:
             self.storage.put(keys[0], blobs[0], "image/jpeg")

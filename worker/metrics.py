@@ -110,7 +110,8 @@ class WorkerMetrics:
         return True
 
     def job_started(self, job: Job) -> None:
-        waited = max(time.time() - job.created_at, 0.0)
+        """Count a job this worker started and how long it had been queued (until its claim)."""
+        waited = max((job.started_at or time.time()) - job.created_at, 0.0)
         self.jobs.inc()
         self.queue_wait.observe(waited)
         self._observe_farm(QUEUE_WAIT, waited, job.id)
@@ -126,8 +127,10 @@ class WorkerMetrics:
         self.batch_images.observe(images)
         self.batch_jobs.observe(jobs)
 
-    def job_succeeded(self, job: Job) -> None:
-        self._observe_farm(TIME_TO_RESULT, max(time.time() - job.created_at, 0.0), job.id)
+    def job_succeeded(self, job: Job, finished_at: float | None = None) -> None:
+        """How long the client waited for the result (until ``finished_at``, default now)."""
+        waited = (finished_at or time.time()) - job.created_at
+        self._observe_farm(TIME_TO_RESULT, max(waited, 0.0), job.id)
 
     def _observe_farm(self, name: str, seconds: float, job_id: str) -> None:
         if self._farm is None:

@@ -7,7 +7,10 @@ farm-wide lock lets one sweep run per interval. A sweep:
   out of memory, host lost), so a live worker takes them over within about
   ``JOB_LEASE_SECONDS + SWEEP_INTERVAL_SECONDS``; after ``MAX_JOB_ATTEMPTS`` starts the
   claim fails the job (and refunds it) instead of looping;
-- fails (and refunds) queued jobs that waited longer than ``QUEUED_DEADLINE_SECONDS``.
+- fails (and refunds) queued jobs that waited longer than ``QUEUED_DEADLINE_SECONDS``;
+- re-enqueues succeeded jobs whose outputs are still not in S3 past their upload deadline
+  (the upload failed, or its worker died after answering): the claim hands such a job
+  out as an upload, which a worker finishes from the images kept in Redis.
 """
 
 from __future__ import annotations
@@ -41,6 +44,10 @@ class Sweeper:
             # One re-enqueue per lease period, however many sweepers see it.
             if self.store.try_lock(f"requeue:{job_id}", self.settings.job_lease_seconds):
                 log.warning("job %s: its worker stopped renewing the lease; re-enqueueing", job_id)
+                self.celery.send_task(RUN_JOB_TASK, args=[job_id], queue=self.settings.queue_name)
+        for job_id in self.store.lapsed_uploads():
+            if self.store.try_lock(f"upload:{job_id}", self.settings.job_lease_seconds):
+                log.warning("job %s: its outputs are not in S3 yet; re-enqueueing the upload", job_id)
                 self.celery.send_task(RUN_JOB_TASK, args=[job_id], queue=self.settings.queue_name)
         deadline = self.settings.queued_deadline_seconds
         for job_id in self.store.stale_queued(deadline):

@@ -67,10 +67,17 @@ class Farm:
     def balance(self) -> int:
         return self.keys.balance(self.owner)
 
-    def objects(self, job_id: str) -> list[str]:
+    def objects(self, job_id: str, count: int | None = None, timeout: float = 30.0) -> list[str]:
+        """The job's S3 keys; with ``count``, once that many are there (outputs are written
+        just after the job is marked succeeded), or as they are when ``timeout`` runs out."""
         client = self.service.storage._client
-        listing = client.list_objects_v2(Bucket=self.settings.s3_bucket, Prefix=f"jobs/{job_id}/")
-        return sorted(item["Key"] for item in listing.get("Contents", []))
+        deadline = time.monotonic() + timeout
+        while True:
+            listing = client.list_objects_v2(Bucket=self.settings.s3_bucket, Prefix=f"jobs/{job_id}/")
+            keys = sorted(item["Key"] for item in listing.get("Contents", []))
+            if count is None or len(keys) >= count or time.monotonic() > deadline:
+                return keys
+            time.sleep(0.05)
 
 
 @pytest.fixture()

@@ -12,6 +12,7 @@ import pytest
 import requests
 
 from deploy.local import GatewayProcess, RedisServer, S3Server
+from shared.errors import Unavailable
 from shared.jobs import JobStatus
 from shared.settings import Settings
 from shared.storage import Storage
@@ -53,7 +54,7 @@ def test_redis_restart_with_aof_keeps_queued_jobs(
     assert [job.status for job in done] == [JobStatus.SUCCEEDED] * 10
 
 
-def test_s3_outage_fails_the_job_clean_and_refunds(
+def test_s3_outage_mid_run_still_answers_and_uploads_once_s3_is_back(
     fault_settings: Settings, own_s3: S3Server, tmp_path: Path
 ) -> None:
     settings = fault_settings.replace(s3_endpoint_url=own_s3.url)
@@ -65,15 +66,34 @@ def test_s3_outage_fails_the_job_clean_and_refunds(
         farm.wait(job.id, lambda j: j.status is JobStatus.RUNNING and j.progress_step >= 2)
         own_s3.stop()
         done = farm.finished(job.id)
-        assert done.status is JobStatus.FAILED
-        assert "storage" in (done.error or "")
-        assert farm.balance() == before
+        assert done.status is JobStatus.SUCCEEDED
+        assert farm.service.image(done, 0)[:3] == b"\xff\xd8\xff"  # served from Redis meanwhile
+        assert farm.balance() == before - done.cost_milli
+        time.sleep(settings.job_lease_seconds + 2 * settings.sweep_interval_seconds)  # a retry fails too
+        assert farm.store.pending_uploads() == 1
+        assert farm.store.cached_result(job.id, 0) is not None
         own_s3.start()
         Storage(settings).ensure_bucket()  # moto keeps nothing across restarts; MinIO or S3 would
+        farm.wait(job.id, lambda _: farm.objects(job.id) == ["jobs/" + job.id + "/0.jpg"], timeout=60)
+        assert farm.store.pending_uploads() == 0
         again = farm.submit()
         assert farm.finished(again.id).status is JobStatus.SUCCEEDED
     finally:
         worker.stop()
+
+
+def test_s3_down_at_submit_fails_the_queued_job_and_refunds(
+    fault_settings: Settings, own_s3: S3Server
+) -> None:
+    settings = fault_settings.replace(s3_endpoint_url=own_s3.url)
+    farm = Farm(settings)  # no worker: the job is still queued when S3 refuses its input
+    before = farm.balance()
+    own_s3.stop()
+    with pytest.raises(Unavailable, match="storage"):
+        farm.submit()
+    assert farm.balance() == before
+    assert farm.store.queue_length() == 0
+    assert farm.store.stats().get("jobs_failed") == 1
 
 
 def test_redis_down_at_submit_is_503_and_charges_nothing(

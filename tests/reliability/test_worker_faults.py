@@ -52,7 +52,7 @@ def test_kill_9_mid_denoising_five_times(farm: Farm, fault_settings: Settings, t
     assert farm.pipeline_calls() - before_calls == 5  # each job ran to completion exactly once
     assert before_balance - farm.balance() == 5 * cost  # one charge per job, nothing refunded
     for job in jobs:
-        assert farm.objects(job.id) == [f"jobs/{job.id}/0.jpg", f"jobs/{job.id}/input"]
+        assert farm.objects(job.id, count=2) == [f"jobs/{job.id}/0.jpg", f"jobs/{job.id}/input"]
 
 
 def test_sigterm_mid_job_finishes_it(farm: Farm, fault_settings: Settings, tmp_path: Path) -> None:

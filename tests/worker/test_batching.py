@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.jobs import Job, JobStatus, input_key, output_key, shape_key
+from shared.jobs import Job, JobStatus, input_key, shape_key
 from shared.settings import Settings
 from tests.conftest import start_worker
 from tests.helpers import jpeg_pixels
@@ -50,8 +50,9 @@ def occupy(farm: Farm) -> Job:
 
 def pixels(farm: Farm, job: Job) -> list[np.ndarray]:
     return [
-        np.asarray(jpeg_pixels(farm.service.storage.get(output_key(job.id, i))), dtype=np.int16)
-        for i in range(len(job.outputs))
+        np.asarray(jpeg_pixels(farm.service.storage.get(key)), dtype=np.int16)
+        for key in farm.objects(job.id, count=len(job.outputs) + 1)
+        if key != input_key(job.id)
     ]
 
 
@@ -98,7 +99,9 @@ def test_a_bad_input_fails_only_its_own_job(batch_farm: Farm) -> None:
     farm = batch_farm
     blocker = occupy(farm)
     jobs = [farm.submit(seed=i, **SHAPE) for i in range(4)]
-    farm.service.storage.put(input_key(jobs[1].id), b"these bytes are not an image", "image/png")
+    corrupt = b"these bytes are not an image"
+    farm.service.storage.put(input_key(jobs[1].id), corrupt, "image/png")
+    farm.store.redis.set(farm.store.key("job", jobs[1].id, "input"), corrupt)  # the worker's copy
     balance = farm.balance()
     done = [farm.finished(job.id) for job in jobs]
     assert farm.finished(blocker.id).status is JobStatus.SUCCEEDED
@@ -121,7 +124,7 @@ def test_cancel_mid_batch_removes_only_that_job(batch_farm: Farm, tmp_path: Path
     assert [job.status for job in done] == [JobStatus.SUCCEEDED, JobStatus.CANCELED, JobStatus.SUCCEEDED]
     assert len({job.batch_id for job in done}) == 1
     assert farm.objects(jobs[1].id) == [input_key(jobs[1].id)]
-    assert len(farm.objects(jobs[0].id)) == 2
+    assert len(farm.objects(jobs[0].id, count=2)) == 2
 
 
 def test_worker_killed_mid_batch_loses_no_job(base_settings: Settings, tmp_path: Path) -> None:
@@ -146,7 +149,7 @@ def test_worker_killed_mid_batch_loses_no_job(base_settings: Settings, tmp_path:
         replacement = start_worker(settings, tmp_path, "replacement")
         done = [farm.finished(job.id) for job in jobs]
         assert all(job.status is JobStatus.SUCCEEDED and job.attempts == 2 for job in done)
-        assert all(len(farm.objects(job.id)) == 2 for job in done)
+        assert all(len(farm.objects(job.id, count=2)) == 2 for job in done)
         assert farm.finished(blocker.id).status is JobStatus.SUCCEEDED
     finally:
         worker.stop()

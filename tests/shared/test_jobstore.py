@@ -1,0 +1,106 @@
+"""Job records in a real Redis: claims hand out the record, success is fenced by attempt,
+images wait in Redis until S3 holds them, and inputs travel with the job."""
+
+from __future__ import annotations
+
+import time
+
+from shared.jobs import JobStatus
+from shared.jobstore import JobStore
+from shared.schema import parse_request
+from shared.settings import Settings
+from tests.helpers import reference_body
+
+KEYS = ["jobs/j/0.jpg", "jobs/j/1.jpg"]
+IMAGES = [b"\xff\xd8\xff first", b"\xff\xd8\xff second"]
+
+
+def new_job(store: JobStore, settings: Settings, job_id: str = "j", image: bytes | None = None) -> None:
+    params = parse_request(reference_body(samples=2), settings).params
+    store.create(job_id, params, [1, 2], image=image)
+
+
+def test_a_claim_returns_the_started_record(isolated_settings: Settings) -> None:
+    store = JobStore(isolated_settings)
+    new_job(store, isolated_settings)
+    claim = store.claim("j", "w1", 30, 3)
+    assert claim.started and claim.attempt == 1
+    assert claim.job is not None
+    assert claim.job.status is JobStatus.RUNNING and claim.job.worker == "w1"
+    assert claim.job.seeds == (1, 2) and claim.job.started_at is not None
+    assert store.stats()["jobs_running"] == 1
+    again = store.claim("j", "w2", 30, 3)
+    assert not again.started and again.outcome == "busy" and again.job is None
+
+
+def test_only_the_attempt_that_owns_the_job_may_succeed(isolated_settings: Settings) -> None:
+    store = JobStore(isolated_settings)
+    new_job(store, isolated_settings)
+    assert store.claim("j", "w1", 0.05, 3).attempt == 1
+    time.sleep(0.1)  # w1's lease lapses: w2 takes over
+    assert store.claim("j", "w2", 30, 3).attempt == 2
+    assert not store.succeed("j", 1, KEYS, IMAGES, 0.5, 30)
+    assert store.cached_result("j", 0) is None  # a refused success writes nothing
+    assert store.succeed("j", 2, KEYS, IMAGES, 0.5, 30)
+    job = store.get("j")
+    assert job is not None and job.status is JobStatus.SUCCEEDED and list(job.outputs) == KEYS
+    assert not store.succeed("j", 2, KEYS, IMAGES, 0.5, 30)  # once
+
+
+def test_images_stay_in_redis_until_uploaded(isolated_settings: Settings) -> None:
+    settings = isolated_settings.replace(result_cache_seconds=60)
+    store = JobStore(settings)
+    new_job(store, settings)
+    store.claim("j", "w1", 30, 3)
+    assert store.succeed("j", 1, KEYS, IMAGES, 0.5, upload_seconds=0.05)
+    assert [store.cached_result("j", i) for i in range(2)] == IMAGES
+    assert store.redis.ttl(store.key("job", "j", "result", "0")) > 3600  # no short expiry yet
+    assert store.pending_uploads() == 1
+    assert store.lapsed_uploads() == []
+    time.sleep(0.1)
+    assert store.lapsed_uploads() == ["j"]
+    assert store.claim("j", "w2", 30, 3).outcome == "upload"  # a worker finishes the upload
+    store.retry_upload_in("j", 60)
+    assert store.lapsed_uploads() == []
+
+    store.uploaded("j", 2)
+    assert store.pending_uploads() == 0
+    assert 0 < store.redis.ttl(store.key("job", "j", "result", "0")) <= 60
+    assert store.claim("j", "w2", 30, 3).outcome == "succeeded"
+    assert [store.cached_result("j", i) for i in range(2)] == IMAGES
+
+
+def test_without_a_result_cache_uploaded_images_leave_redis(isolated_settings: Settings) -> None:
+    settings = isolated_settings.replace(result_cache_seconds=0)
+    store = JobStore(settings)
+    new_job(store, settings)
+    store.claim("j", "w1", 30, 3)
+    store.succeed("j", 1, KEYS, IMAGES, 0.5, 30)
+    assert store.cached_result("j", 1) == IMAGES[1]  # until S3 has it
+    store.uploaded("j", 2)
+    assert store.cached_result("j", 0) is None and store.cached_result("j", 1) is None
+
+
+def test_the_input_copy_outlives_the_queue_until_s3_holds_the_input(isolated_settings: Settings) -> None:
+    settings = isolated_settings.replace(input_cache_seconds=5)
+    store = JobStore(settings)
+    new_job(store, settings, image=b"\x89PNG input")
+    key = store.key("job", "j", "input")
+    assert store.input_image("j") == b"\x89PNG input"
+    assert store.redis.ttl(key) > 3600  # as long as the job, while S3 may not have it
+    store.input_stored("j")
+    assert 0 < store.redis.ttl(key) <= 5
+    dropped = JobStore(settings.replace(input_cache_seconds=0))
+    dropped.input_stored("j")
+    assert store.input_image("j") is None
+
+
+def test_fail_queued_leaves_a_started_job_alone(isolated_settings: Settings) -> None:
+    store = JobStore(isolated_settings)
+    new_job(store, isolated_settings, "queued")
+    new_job(store, isolated_settings, "started")
+    store.claim("started", "w1", 30, 3)
+    assert store.fail_queued("queued", "storage unavailable")
+    assert not store.fail_queued("started", "storage unavailable")
+    assert store.get("queued").status is JobStatus.FAILED  # type: ignore[union-attr]
+    assert store.get("started").status is JobStatus.RUNNING  # type: ignore[union-attr]
