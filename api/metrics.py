@@ -110,6 +110,12 @@ class FarmCollector(Collector):
             value=float(stats.get("pipeline_calls", 0)),
         )
 
+        yield GaugeMetricFamily(
+            "img2img_uploads_pending",
+            "Succeeded jobs whose outputs are not in S3 yet (kept in Redis until they are)",
+            value=float(self._service.store.pending_uploads()),
+        )
+
         window = settings.worker_heartbeat_seconds * 3
         ready = len(self._service.store.ready_workers(max_age=window))
         yield GaugeMetricFamily("img2img_workers_ready", "Workers with a loaded model", value=float(ready))

@@ -128,10 +128,10 @@ def _finished_response(svc: JobService, job: Job) -> Response:
     if job.status is not JobStatus.SUCCEEDED:
         raise JobFailed(job.error or f"job {job.status.value}", job.id)
     if job.params.base64:
-        images = [base64.b64encode(svc.image(job, i)).decode("ascii") for i in range(len(job.outputs))]
+        images = [base64.b64encode(data).decode("ascii") for data in svc.images(job)]
         response = jsonify({"image": images[0], "images": images, "seeds": list(job.seeds), "job_id": job.id})
     else:
-        response = Response(svc.image(job, 0), mimetype="image/jpeg")
+        response = Response(svc.images(job, 1)[0], mimetype="image/jpeg")
     response.headers["x-seed-value"] = str(job.seeds[0])
     if job.owner:
         response.headers["x-cost"] = format_credits(job.cost_milli)

@@ -211,10 +211,20 @@ class JobService:
         return position, round((position + 1) * average / workers, 2)
 
     def image(self, job: Job, index: int) -> bytes:
+        """Output ``index`` of a succeeded job: from Redis while it is kept there, else S3."""
         if not 0 <= index < len(job.outputs):
             raise NotFound(f"job {job.id} has no image {index}")
         cached = self.store.cached_result(job.id, index)
         return cached if cached is not None else self.storage.get(job.outputs[index])
+
+    def images(self, job: Job, count: int | None = None) -> list[bytes]:
+        """The first ``count`` outputs (all by default), as :meth:`image` finds them."""
+        keys = job.outputs[: len(job.outputs) if count is None else count]
+        cached = self.store.cached_results(job.id, len(keys))
+        return [
+            data if data is not None else self.storage.get(key)
+            for data, key in zip(cached, keys, strict=True)
+        ]
 
     def ready(self) -> dict[str, bool]:
         """Readiness of each dependency, for ``/readyz``."""

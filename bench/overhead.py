@@ -9,7 +9,7 @@ It prints p50/p95 of each and their difference, plus the per-request overhead me
 directly: end-to-end latency minus the pipeline time the worker reports in
 ``x-generation-time``.
 
-    python bench/overhead.py [--rounds 30] [--json out.json]
+    python bench/overhead.py [--rounds 40] [--json out.json]
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def summary(values: list[float]) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -87,10 +87,12 @@ return 0
 """
 
 # KEYS: job hash, event stream, queued set, running set, stats. ARGV: worker, lease
-# seconds, max attempts, ttl, API-key hash prefix (for the refund when attempts run out), id.
-# Starts a queued job, or takes over a running one whose lease lapsed (its worker died).
-# Returns {outcome, attempt or seconds, job fields when started}: started, busy (lease
-# held), exhausted, missing, upload (succeeded, outputs not yet in S3), or the final status.
+# seconds, max attempts, ttl, API-key hash prefix (for the refund when attempts run out), id,
+# shape-list prefix. Starts a queued job, or takes over a running one whose lease lapsed
+# (its worker died); a started job leaves its shape's list of batching candidates.
+# Returns {outcome, attempt or seconds, job fields and queued jobs left, when started}:
+# started, busy (lease held), exhausted, missing, upload (succeeded, outputs not yet in
+# S3), or the final status.
 _CLAIM_JOB = (
     """
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -120,25 +122,32 @@ if attempt > tonumber(ARGV[3]) then
 end
 redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[1], 'progress_step', '0')
 if status == 'queued' then redis.call('HSET', KEYS[1], 'started_at', tostring(t)) end
+local shape = redis.call('HGET', KEYS[1], 'shape')
+if shape then redis.call('LREM', ARGV[7] .. shape, 1, ARGV[6]) end
 redis.call('ZADD', KEYS[4], t + tonumber(ARGV[2]), ARGV[6])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', 64, '*', 'status', 'running')
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 redis.call('HINCRBY', KEYS[5], 'jobs_running', 1)
-return {'started', attempt, redis.call('HGETALL', KEYS[1])}
+return {'started', attempt, redis.call('HGETALL', KEYS[1]), redis.call('ZCARD', KEYS[3])}
 """
 )
 
 # KEYS: job hash, event stream, running set, uploads set, stats, result keys...
 # ARGV: attempt, ttl, id, outputs (JSON), generation time, finished at, upload deadline,
-# images... running -> succeeded for this attempt only (a worker that lost its lease
-# writes nothing). The images are kept in Redis, without the short cache expiry, until
-# :meth:`JobStore.uploaded` says S3 holds them; the uploads set lets the sweeper finish
-# an upload whose worker died.
+# counters ("name amount ..."), images... running -> succeeded for this attempt only (a
+# worker that lost its lease writes nothing). The images are kept in Redis, without the
+# short cache expiry, until :meth:`JobStore.uploaded` says S3 holds them; the uploads set
+# lets the sweeper finish an upload whose worker died. The counters are added to the
+# stats hash in the same step, so they are up to date when a client sees the job end.
 _SUCCEED = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
 if redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[1] then return 0 end
-for i = 6, #KEYS do redis.call('SET', KEYS[i], ARGV[2 + i], 'EX', ARGV[2]) end
+for i = 6, #KEYS do redis.call('SET', KEYS[i], ARGV[3 + i], 'EX', ARGV[2]) end
+local name = nil
+for word in string.gmatch(ARGV[8], '%S+') do
+  if name then redis.call('HINCRBY', KEYS[5], name, word); name = nil else name = word end
+end
 redis.call('HSET', KEYS[1], 'status', 'succeeded', 'outputs', ARGV[4], 'generation_time', ARGV[5],
   'finished_at', ARGV[6], 'upload_pending', '1')
 redis.call('ZREM', KEYS[3], ARGV[3])
@@ -177,6 +186,7 @@ class Claim:
     outcome: str = "started"
     wait_seconds: float = 0.0
     job: Job | None = None  # the record as the claim left it, when started
+    queued: int = 0  # jobs still queued after this one was taken, when started
 
 
 # Longest a per-shape list of batching candidates may grow.
@@ -255,6 +265,7 @@ class JobStore:
             "seeds": json.dumps(list(seeds)),
             "created_at": repr(now),
             "progress_total": str(params.denoising_steps),
+            "shape": shape_key(params),
         }
         if webhook:
             fields["webhook"] = webhook
@@ -270,7 +281,7 @@ class JobStore:
         pipe.hincrby(self.key("stats"), f"jobs_{JobStatus.QUEUED.value}", 1)
         if image is not None:
             pipe.set(self._input_key(job_id), image, ex=self._ttl)
-        shape = self._shape_key(shape_key(params))
+        shape = self._shape_key(fields["shape"])
         pipe.rpush(shape, job_id)
         pipe.ltrim(shape, -_SHAPE_LIST_CAP, -1)  # ids of jobs that ran alone never pile up
         pipe.expire(shape, self._ttl)
@@ -294,13 +305,16 @@ class JobStore:
         """Put back an id taken by :meth:`next_of_shape` that did not fit the batch."""
         self._redis.lpush(self._shape_key(shape), job_id)
 
-    def mark_batch(self, job_ids: Sequence[str], batch_id: str) -> None:
-        """Record which pipeline call (batch) the jobs run in, and when it starts."""
-        pipe = self._redis.pipeline(transaction=False)
+    def start_batch(self, job_ids: Sequence[str], batch_id: str) -> list[bytes | None]:
+        """Record which pipeline call (batch) the jobs run in and when it starts; return
+        their input copies (None where a copy has expired), all in one round trip."""
+        pipe = self._blobs.pipeline(transaction=False)
         now = repr(time.time())
         for job_id in job_ids:
             pipe.hset(self._job_key(job_id), mapping={"batch_id": batch_id, "batch_started_at": now})
-        pipe.execute()
+        for job_id in job_ids:
+            pipe.get(self._input_key(job_id))
+        return cast(list[bytes | None], pipe.execute()[len(job_ids) :])
 
     def claim(self, job_id: str, worker: str, lease_seconds: float, max_attempts: int) -> Claim:
         """Take a job to run: a queued one, or a running one whose worker's lease lapsed.
@@ -317,13 +331,21 @@ class JobStore:
                 self.key("running"),
                 self.key("stats"),
             ],
-            args=[worker, lease_seconds, max_attempts, self._ttl, self._apikey_prefix, job_id],
+            args=[
+                worker,
+                lease_seconds,
+                max_attempts,
+                self._ttl,
+                self._apikey_prefix,
+                job_id,
+                self._shape_key(""),
+            ],
         )
         outcome, value = str(reply[0]), reply[1]
         if outcome == "started":
             flat = reply[2]
             job = Job.from_hash(dict(zip(flat[::2], flat[1::2], strict=True)))
-            return Claim(True, attempt=int(value), job=job)
+            return Claim(True, attempt=int(value), job=job, queued=int(reply[3]))
         return Claim(False, outcome=outcome, wait_seconds=float(value) if outcome == "busy" else 0.0)
 
     def progress(
@@ -363,11 +385,13 @@ class JobStore:
         images: Sequence[bytes],
         generation_time: float,
         upload_seconds: float,
+        counters: Mapping[str, int] | None = None,
     ) -> bool:
         """running -> succeeded, if ``attempt`` still owns the job, with the output keys and
         the images themselves: waiting clients are answered from Redis at once, while the
         worker writes S3. Until :meth:`uploaded`, the job is in the uploads set with a
-        deadline ``upload_seconds`` away, past which :meth:`lapsed_uploads` hands it out again."""
+        deadline ``upload_seconds`` away, past which :meth:`lapsed_uploads` hands it out again.
+        ``counters`` are added to the farm-wide counters (as :meth:`count`) in the same step."""
         keys = [
             self._job_key(job_id),
             self._events_key(job_id),
@@ -385,6 +409,7 @@ class JobStore:
             f"{generation_time:.6f}",
             repr(now),
             repr(now + upload_seconds),
+            " ".join(f"{name} {amount}" for name, amount in (counters or {}).items() if amount),
             *images,
         ]
         return bool(self._succeed(keys=keys, args=args))
@@ -529,6 +554,11 @@ class JobStore:
     def cached_result(self, job_id: str, index: int) -> bytes | None:
         """An output image while Redis keeps it: until it is uploaded, and a little after."""
         return cast(bytes | None, self._blobs.get(self._result_key(job_id, index)))
+
+    def cached_results(self, job_id: str, count: int) -> list[bytes | None]:
+        """The first ``count`` outputs as :meth:`cached_result` gives them, in one round trip."""
+        keys = [self._result_key(job_id, index) for index in range(count)]
+        return cast(list[bytes | None], self._blobs.mget(keys)) if keys else []
 
     def uploaded(self, job_id: str, count: int) -> None:
         """S3 holds the job's ``count`` outputs: Redis keeps them only as a short cache."""

@@ -32,15 +32,19 @@ class Member:
     attempt: int
 
 
-def collect_partners(settings: Settings, store: JobStore, first: Member, worker: str) -> list[Member]:
-    """Claim queued jobs of ``first``'s shape until the batch is full or the wait is over."""
+def collect_partners(
+    settings: Settings, store: JobStore, first: Member, worker: str, queued: int
+) -> list[Member]:
+    """Claim queued jobs of ``first``'s shape until the batch is full or the wait is over.
+
+    ``queued``: how many jobs were still queued when ``first`` was claimed."""
     limit = settings.batch_max_images
     images = first.job.params.samples
-    if limit <= 1 or images >= limit:
+    # On an idle farm a lone job does not wait or look: partners can only come from the queue.
+    if limit <= 1 or images >= limit or queued == 0:
         return []
     shape = shape_key(first.job.params)
-    # On an idle farm a lone job does not wait: partners can only come from the queue.
-    wait = settings.batch_wait_ms / 1000 if store.queue_length() > 0 else 0.0
+    wait = settings.batch_wait_ms / 1000
     deadline = time.monotonic() + wait
     partners: list[Member] = []
     while images < limit:

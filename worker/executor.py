@@ -113,15 +113,15 @@ class JobExecutor:
         if claim.attempt > 1:
             log.warning("job %s: taking over, attempt %d", job_id, claim.attempt)
         first = Member(claim.job, claim.attempt)
-        self._run([first, *collect_partners(self.settings, self.store, first, self.name)])
+        self._run([first, *collect_partners(self.settings, self.store, first, self.name, claim.queued)])
 
     def _run(self, members: list[Member]) -> None:
         """One pipeline call for all ``members`` (jobs of one shape), results back to each.
 
         Waiting clients come first: every job is marked succeeded (images in Redis) before
         any S3 write, and counters and metrics are written last."""
-        self.store.mark_batch([m.job.id for m in members], uuid.uuid4().hex)
-        runs = [r for r in (self._prepare(m) for m in members) if r is not None]
+        inputs = self.store.start_batch([m.job.id for m in members], uuid.uuid4().hex)
+        runs = [r for r in (self._prepare(m, data) for m, data in zip(members, inputs, strict=True)) if r]
         if not runs:
             return
         params = runs[0].member.job.params
@@ -150,7 +150,7 @@ class JobExecutor:
             self._record(runs, [], 0.0)
             return
         elapsed = time.monotonic() - started
-        self._count_calls(runs, calls, params, elapsed)
+        counters = self._count_calls(runs, calls, params, elapsed)
         delivered: list[Delivered] = []
         offset = 0
         for run in runs:
@@ -159,9 +159,12 @@ class JobExecutor:
             if run.stopped:
                 self._stopped(run.member)
                 continue
-            done = self._deliver(run, images, elapsed)
+            # The call's counters ride on the first success, so they are current when it is seen.
+            done = self._deliver(run, images, elapsed, None if delivered else counters)
             if done is not None:
                 delivered.append(done)
+        if not delivered:
+            self.store.count(**counters)
         for done in delivered:
             self._upload(done.job.id, done.keys, done.images)
         self._record(runs, delivered, elapsed)
@@ -172,17 +175,17 @@ class JobExecutor:
         calls: Sequence[tuple[int, int]],
         params: GenerationParams,
         elapsed: float,
-    ) -> None:
-        """What the pipeline did, counted before any job of the call is seen to end."""
+    ) -> dict[str, int]:
+        """This worker's metrics of the call, and the farm-wide counters it adds to."""
         images = sum(n for n, _ in calls)
         self.metrics.pipeline_ran(images, params.denoising_steps, elapsed)
         self.metrics.batch_ran(images, len(runs))
-        self.store.count(
-            pipeline_calls=len(calls),
-            images=images,
-            pipeline_jobs=sum(j for _, j in calls),
-            batched_jobs=len(runs) if len(runs) > 1 else 0,
-        )
+        return {
+            "pipeline_calls": len(calls),
+            "images": images,
+            "pipeline_jobs": sum(j for _, j in calls),
+            "batched_jobs": len(runs) if len(runs) > 1 else 0,
+        }
 
     def _record(self, runs: Sequence[JobRun], delivered: Sequence[Delivered], elapsed: float) -> None:
         """Latency metrics, run time and webhooks, once the clients have their images."""
@@ -195,11 +198,10 @@ class JobExecutor:
             self._finished(done.job.id, True)
             log.info("job %s: succeeded in %.3fs (%d images)", done.job.id, elapsed, len(done.images))
 
-    def _prepare(self, member: Member) -> JobRun | None:
-        """Fetch and decode the job's input; a bad input fails this job alone."""
+    def _prepare(self, member: Member, data: bytes | None) -> JobRun | None:
+        """Decode the job's input (``data``: its Redis copy); a bad input fails this job alone."""
         job = member.job
         try:
-            data = self.store.input_image(job.id)
             if data is None:  # the Redis copy has expired: the job waited long
                 data = self.storage.get(input_key(job.id))
             params = job.params
@@ -210,14 +212,16 @@ class JobExecutor:
             return None
         return JobRun(member, job_items(job.params, image, job.seeds, job.id))
 
-    def _deliver(self, run: JobRun, images: list[Image.Image], elapsed: float) -> Delivered | None:
+    def _deliver(
+        self, run: JobRun, images: list[Image.Image], elapsed: float, counters: dict[str, int] | None
+    ) -> Delivered | None:
         """Encode the images and mark the job succeeded with them; None if it is not ours."""
         job = run.member.job
         try:
             keys = [output_key(job.id, i) for i in range(len(images))]
             encoded = [encode_jpeg(output, self.settings.jpeg_quality) for output in images]
             upload_deadline = self.settings.job_lease_seconds
-            if self.store.succeed(job.id, run.attempt, keys, encoded, elapsed, upload_deadline):
+            if self.store.succeed(job.id, run.attempt, keys, encoded, elapsed, upload_deadline, counters):
                 return Delivered(job, keys, encoded, time.time())
         except Exception as exc:
             log.exception("job %s: failed", job.id)
@@ -243,7 +247,7 @@ class JobExecutor:
         if job is None:
             self.store.forget_upload(job_id)
             return
-        images = [self.store.cached_result(job_id, i) for i in range(len(job.outputs))]
+        images = self.store.cached_results(job_id, len(job.outputs))
         kept = [image for image in images if image is not None]
         if len(kept) != len(images):
             log.error("job %s: outputs left Redis before S3 had them", job_id)

@@ -83,6 +83,7 @@ def test_counters_move_after_a_job(client: FlaskClient, settings: Settings) -> N
     after = scrape(client)
     assert value(after, "img2img_redis_up") == 1.0
     assert value(after, "img2img_workers_ready") >= 1.0
+    assert ("img2img_uploads_pending", frozenset()) in after
     assert ("img2img_queue_depth", frozenset({("queue", settings.queue_name)})) in after
     # Cumulative buckets: the +Inf bucket holds every observation.
     assert value(after, "img2img_queue_wait_seconds_bucket", le="+Inf") == value(
