@@ -131,22 +131,10 @@ class JobExecutor:
         try:
             with StepReporter(self.store, runs, self.settings.job_lease_seconds) as progress:
                 outputs = self._generate(params, items, progress.report, calls, jobs=len(runs))
-        except StopRun:
-            for run in runs:
-                self._stopped(run.member)
-            self._record(runs, [], 0.0)
-            return
-        except SoftTimeLimitExceeded:
-            message = f"the job ran past its time limit of {self.settings.task_soft_time_limit} s"
-            for run in runs:
-                log.error("job %s: past its soft time limit", run.job_id)
-                self._fail(run, message)
-            self._record(runs, [], 0.0)
-            return
-        except Exception as exc:
-            for run in runs:
-                log.error("job %s: failed: %s", run.job_id, _describe(exc), exc_info=exc)
-                self._fail(run, f"generation failed: {_describe(exc)}")
+        except Exception as exc:  # noqa: BLE001 - StopRun and time limits too; _abandon logs it
+            self._abandon(runs, exc)
+            if calls:  # halves of an out-of-memory split that ran before the failure
+                self.store.count(**self._count_calls(runs, calls, params, time.monotonic() - started))
             self._record(runs, [], 0.0)
             return
         elapsed = time.monotonic() - started
@@ -168,6 +156,20 @@ class JobExecutor:
         for done in delivered:
             self._upload(done.job.id, done.keys, done.images)
         self._record(runs, delivered, elapsed)
+
+    def _abandon(self, runs: Sequence[JobRun], exc: Exception) -> None:
+        """End every job of a call that did not finish: stopped, past its time limit, or failed."""
+        if isinstance(exc, StopRun):
+            for run in runs:
+                self._stopped(run.member)
+            return
+        if isinstance(exc, SoftTimeLimitExceeded):
+            message = f"the job ran past its time limit of {self.settings.task_soft_time_limit} s"
+        else:
+            message = f"generation failed: {_describe(exc)}"
+        for run in runs:
+            log.error("job %s: %s", run.job_id, message, exc_info=exc)
+            self._fail(run, message)
 
     def _count_calls(
         self,
