@@ -153,6 +153,7 @@ class JobService:
             self.storage.put(input_key(job_id), image, "application/octet-stream")
         except Unavailable:
             if self.store.fail_queued(job_id, "storage unavailable: the input could not be stored"):
+                self.store.drop_input(job_id)
                 raise
             # A worker took the job from the Redis copy, which stays until the job expires.
             log.warning("job %s: input not in S3; running from its Redis copy", job_id, exc_info=True)

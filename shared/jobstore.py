@@ -551,6 +551,10 @@ class JobStore:
         else:
             self._blobs.delete(self._input_key(job_id))
 
+    def drop_input(self, job_id: str) -> None:
+        """Forget the Redis copy of a job that will not run."""
+        self._blobs.delete(self._input_key(job_id))
+
     def cached_result(self, job_id: str, index: int) -> bytes | None:
         """An output image while Redis keeps it: until it is uploaded, and a little after."""
         return cast(bytes | None, self._blobs.get(self._result_key(job_id, index)))

@@ -94,6 +94,7 @@ def test_s3_down_at_submit_fails_the_queued_job_and_refunds(
     assert farm.balance() == before
     assert farm.store.queue_length() == 0
     assert farm.store.stats().get("jobs_failed") == 1
+    assert not list(farm.store.redis.scan_iter(farm.store.key("job", "*", "input")))  # copy dropped
 
 
 def test_redis_down_at_submit_is_503_and_charges_nothing(
