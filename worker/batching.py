@@ -60,9 +60,9 @@ def collect_partners(
             store.return_to_shape(shape, job_id)  # the next batch takes it
             break
         claim = store.claim(job_id, worker, settings.job_lease_seconds, settings.max_job_attempts)
-        if not claim.started:
+        if not claim.started or claim.job is None:
             continue
-        partners.append(Member(job, claim.attempt))
+        partners.append(Member(claim.job, claim.attempt))  # the record as started, not as queued
         images += job.params.samples
     if partners:
         log.info(

@@ -13,10 +13,13 @@ import numpy as np
 import pytest
 
 from shared.jobs import Job, JobStatus, input_key, shape_key
+from shared.jobstore import JobStore
+from shared.schema import parse_request
 from shared.settings import Settings
 from tests.conftest import start_worker
-from tests.helpers import jpeg_pixels
+from tests.helpers import jpeg_pixels, reference_body
 from tests.reliability.conftest import Farm
+from worker.batching import Member, collect_partners
 
 WAIT_MS = 30
 SHAPE = {"num_inference_steps": 20, "strength": 0.25}  # 5 denoising steps
@@ -155,3 +158,24 @@ def test_worker_killed_mid_batch_loses_no_job(base_settings: Settings, tmp_path:
         worker.stop()
         if replacement is not None:
             replacement.stop()
+
+
+def test_partners_join_as_started_records(isolated_settings: Settings) -> None:
+    store = JobStore(isolated_settings)
+    params = parse_request(reference_body(**SHAPE), isolated_settings).params
+    for job_id in ("first", "p1", "p2"):
+        store.create(job_id, params, [1])
+    claim = store.claim("first", "w1", 30, 3)
+    assert claim.job is not None and claim.queued == 2
+    partners = collect_partners(
+        isolated_settings.replace(batch_wait_ms=0),
+        store,
+        Member(claim.job, claim.attempt),
+        "w1",
+        claim.queued,
+    )
+    assert [p.job.id for p in partners] == ["p1", "p2"]
+    # Their queue wait is measured up to their claim, so the record must be the started one.
+    assert all(p.job.status is JobStatus.RUNNING and p.job.started_at is not None for p in partners)
+    alone = store.claim("p1", "w2", 30, 3)
+    assert not alone.started  # their own messages find them taken
