@@ -41,15 +41,16 @@ class Sweeper:
 
     def sweep(self) -> None:
         for job_id in self.store.lapsed_leases():
-            # One re-enqueue per lease period, however many sweepers see it.
-            if self.store.try_lock(f"requeue:{job_id}", self.settings.job_lease_seconds):
-                log.warning("job %s: its worker stopped renewing the lease; re-enqueueing", job_id)
-                self.celery.send_task(RUN_JOB_TASK, args=[job_id], queue=self.settings.queue_name)
+            self._requeue(job_id, "requeue", "its worker stopped renewing the lease")
         for job_id in self.store.lapsed_uploads():
-            if self.store.try_lock(f"upload:{job_id}", self.settings.job_lease_seconds):
-                log.warning("job %s: its outputs are not in S3 yet; re-enqueueing the upload", job_id)
-                self.celery.send_task(RUN_JOB_TASK, args=[job_id], queue=self.settings.queue_name)
+            self._requeue(job_id, "upload", "its outputs are not in S3 yet")
         deadline = self.settings.queued_deadline_seconds
         for job_id in self.store.stale_queued(deadline):
             if self.store.fail(job_id, f"the job was not started within {deadline} s"):
                 log.error("job %s: failed, queued for more than %d s", job_id, deadline)
+
+    def _requeue(self, job_id: str, kind: str, why: str) -> None:
+        """Send the job's task again, once per lease period however many sweepers see it."""
+        if self.store.try_lock(f"{kind}:{job_id}", self.settings.job_lease_seconds):
+            log.warning("job %s: %s; re-enqueueing", job_id, why)
+            self.celery.send_task(RUN_JOB_TASK, args=[job_id], queue=self.settings.queue_name)
