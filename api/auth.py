@@ -37,14 +37,13 @@ def init_auth(app: Flask, settings: Settings, keys: KeyStore) -> None:
         if not settings.auth_enabled or not request.path.startswith(_PROTECTED):
             return
         presented = request.headers.get(KEY_HEADER, "")
-        record = keys.authenticate(presented) if presented else None
-        if record is None:
+        admission = keys.admit(presented) if presented else None
+        if admission is None:
             raise Unauthorized(f"missing, unknown or revoked API key (send it in {KEY_HEADER})")
-        g.api_key = record
-        limit = record.rate_limit or settings.rate_limit_per_minute
-        count, retry_after = keys.hit(record.id)
-        if count > limit:
-            raise RateLimited(f"rate limit of {limit} requests per minute reached", retry_after)
+        g.api_key = admission.key
+        limit = admission.key.rate_limit or settings.rate_limit_per_minute
+        if admission.count > limit:
+            raise RateLimited(f"rate limit of {limit} requests per minute reached", admission.retry_after)
 
     @app.after_request
     def remaining_credits(response: Response) -> Response:

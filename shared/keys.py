@@ -2,14 +2,15 @@
 
 A key looks like ``i2i_<id>_<secret>``: ``id`` (8 hex characters) names the key in lists
 and logs; ``secret`` (32 random bytes) is never stored. Redis keeps only SHA-256 of the
-whole key, compared in constant time. Balances are integer millicredits changed only by
-Lua scripts, so a balance never goes below zero however many requests race.
+whole key; a presented key is checked by comparing digests inside Redis (how long a
+comparison takes can tell about the stored digest, never about the secret, which the
+digest does not give away). Balances are integer millicredits changed only by Lua
+scripts, so a balance never goes below zero however many requests race.
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import secrets
 import time
 from dataclasses import dataclass
@@ -32,11 +33,21 @@ if balance < cost then return {0, balance} end
 return {1, redis.call('HINCRBY', KEYS[1], 'balance', -cost)}
 """
 
-# KEYS: rate window counter. ARGV: window seconds. Returns the count in this window.
-_HIT = """
-local count = redis.call('INCR', KEYS[1])
-if count == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
-return count
+# KEYS: key hash, rate window counter. ARGV: digest of the presented key, window seconds
+# (0: do not count). Returns false unless the digest matches a key that is not revoked;
+# else {requests counted in this window, the key's fields...}. Only a valid key counts a
+# request, so wrong secrets never use up a key's rate limit.
+_AUTHENTICATE = """
+local stored = redis.call('HGET', KEYS[1], 'hash')
+if not stored or stored ~= ARGV[1] or redis.call('HGET', KEYS[1], 'revoked') == '1' then
+  return false
+end
+local count = 0
+if tonumber(ARGV[2]) > 0 then
+  count = redis.call('INCR', KEYS[2])
+  if count == 1 then redis.call('EXPIRE', KEYS[2], ARGV[2] + 1) end
+end
+return {count, redis.call('HGETALL', KEYS[1])}
 """
 
 
@@ -59,6 +70,15 @@ class ApiKey:
             revoked=data.get("revoked") == "1",
             created_at=float(data.get("created_at", "0")),
         )
+
+
+@dataclass(frozen=True)
+class Admission:
+    """An authenticated request: its key, and its place in the key's rate-limit window."""
+
+    key: ApiKey
+    count: int  # requests of this key in the current window, this one included
+    retry_after: int  # seconds until the window ends
 
 
 @dataclass(frozen=True)
@@ -90,7 +110,7 @@ class KeyStore:
             settings.redis_url, decode_responses=True, socket_timeout=10, socket_connect_timeout=5
         )
         self._charge = self._redis.register_script(_CHARGE)
-        self._hit = self._redis.register_script(_HIT)
+        self._authenticate = self._redis.register_script(_AUTHENTICATE)
 
     def _key(self, key_id: str) -> str:
         return f"{self._prefix}:apikey:{key_id}"
@@ -151,16 +171,31 @@ class KeyStore:
     # -- requests -------------------------------------------------------------
 
     def authenticate(self, key: str) -> ApiKey | None:
-        """The key's record when ``key`` is valid and not revoked; compared in constant time."""
+        """The key's record when ``key`` is valid and not revoked (no request is counted)."""
+        admission = self._check(key, 0)
+        return admission.key if admission is not None else None
+
+    def admit(self, key: str, window_seconds: int = 60) -> Admission | None:
+        """Authenticate ``key`` and count a request in its rate-limit window, in one round
+        trip; None (and nothing counted) when the key is not valid or revoked."""
+        return self._check(key, window_seconds)
+
+    def _check(self, key: str, window_seconds: int) -> Admission | None:
         key_id = key_id_of(key)
         if key_id is None:
             return None
-        data = cast(dict[str, str], self._redis.hgetall(self._key(key_id)))
-        stored = data.get("hash", "")
-        if not hmac.compare_digest(stored.encode(), digest(key).encode()) or not stored:
+        now = time.time()
+        window = int(now // window_seconds) if window_seconds else 0
+        reply = self._authenticate(
+            keys=[self._key(key_id), f"{self._prefix}:rate:{key_id}:{window}"],
+            args=[digest(key), window_seconds],
+        )
+        if not reply:
             return None
-        record = ApiKey.from_hash(data)
-        return None if record.revoked else record
+        count, fields = reply
+        data = dict(zip(fields[::2], fields[1::2], strict=True))
+        left = max(1, int((window + 1) * window_seconds - now + 0.999)) if window_seconds else 0
+        return Admission(ApiKey.from_hash(data), int(count), left)
 
     def balance(self, key_id: str) -> int:
         return int(cast(str, self._redis.hget(self._key(key_id), "balance") or "0"))
@@ -171,11 +206,3 @@ class KeyStore:
 
     def refund(self, key_id: str, amount_milli: int) -> int:
         return int(self._redis.hincrby(self._key(key_id), "balance", amount_milli))
-
-    def hit(self, key_id: str, window_seconds: int = 60) -> tuple[int, int]:
-        """Count a request in the key's current window: (count so far, seconds left)."""
-        now = time.time()
-        window = int(now // window_seconds)
-        count = int(self._hit(keys=[f"{self._prefix}:rate:{key_id}:{window}"], args=[window_seconds + 1]))
-        left = max(1, int((window + 1) * window_seconds - now + 0.999))
-        return count, left

@@ -220,6 +220,24 @@ def test_rate_limit_per_key(keyed: Flask, keyed_settings: Settings) -> None:
     assert client.get("/v1/jobs/none", headers={"x-api-key": limited}).status_code == 404
 
 
+def test_wrong_secrets_do_not_use_up_a_keys_rate_limit(keyed: Flask, keyed_settings: Settings) -> None:
+    client = keyed.test_client()
+    key, key_id = new_key(keyed_settings, rate_limit=2)
+    forged = key[:-4] + ("AAAA" if not key.endswith("AAAA") else "BBBB")
+    for _ in range(5):
+        assert client.get("/v1/jobs/none", headers={"x-api-key": forged}).status_code == 401
+    for _ in range(2):
+        assert client.get("/v1/jobs/none", headers={"x-api-key": key}).status_code == 404
+    assert client.get("/v1/jobs/none", headers={"x-api-key": key}).status_code == 429
+    keys = KeyStore(keyed_settings)
+    admission = keys.admit(key)
+    assert admission is not None and admission.key.id == key_id and admission.count == 4
+    assert keys.admit(forged) is None
+    assert keys.authenticate(key) is not None  # checks without counting
+    again = keys.admit(key)
+    assert again is not None and again.count == 5
+
+
 def test_queue_full_is_503_and_charges_nothing(keyed_settings: Settings) -> None:
     from api.app import create_app
 
