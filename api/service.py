@@ -77,7 +77,7 @@ class JobService:
         """Accept a job once: with an ``idempotency_key`` the same body returns the same job."""
         job_id = new_job_id()
         if idempotency_key is None:
-            return self._charged_enqueue(job_id, params, image, webhook, owner)
+            return self._enqueue(job_id, params, image, webhook, owner)
         fingerprint = _fingerprint(params, image, webhook)
         owner_fp, owner_job = self.store.claim_idempotency_key(
             f"{owner or ''}:{idempotency_key}", fingerprint, job_id, self.settings.idempotency_ttl_seconds
@@ -91,62 +91,50 @@ class JobService:
                 raise Unavailable("the job for this Idempotency-Key is still being accepted; retry")
             return job
         try:
-            return self._charged_enqueue(job_id, params, image, webhook, owner)
+            return self._enqueue(job_id, params, image, webhook, owner)
         except Exception:
             self.store.release_idempotency_key(f"{owner or ''}:{idempotency_key}", job_id)
             raise
 
-    def _charged_enqueue(
+    def _enqueue(
         self, job_id: str, params: GenerationParams, image: bytes, webhook: str | None, owner: str | None
     ) -> Job:
-        """Refuse when the queue is full; charge the owner; refund if the job is not recorded."""
-        if self.store.queue_length() >= self.settings.max_queue_depth:
-            raise Unavailable("the queue is full; try again later", retry_after=_QUEUE_FULL_RETRY_SECONDS)
-        if owner is None:
-            return self._enqueue(job_id, params, image, webhook)
-        cost = job_cost_milli(params, self.settings)
-        charge = self.keys.charge(owner, cost)
-        if not charge.accepted:
-            raise NotEnoughCredits(
-                f"not enough credits: this job costs {format_credits(cost)}",
-                balance=format_credits(charge.balance_milli),
-                cost=format_credits(cost),
-            )
-        try:
-            return self._enqueue(job_id, params, image, webhook, owner, cost)
-        except Exception:
-            if self.store.get(job_id) is None:  # never recorded: nothing else will refund it
-                self.keys.refund(owner, cost)
-            raise
-
-    def _enqueue(
-        self,
-        job_id: str,
-        params: GenerationParams,
-        image: bytes,
-        webhook: str | None,
-        owner: str | None = None,
-        cost_milli: int = 0,
-    ) -> Job:
-        """Record the job with a Redis copy of its input, enqueue it (the queue carries only
-        the id), then write the input to S3 while a worker may already be running it. The
-        client hears back only once S3 holds the input; if S3 refuses it and no worker has
-        started the job, the job fails (refunded) and the client gets 503."""
+        """Record the job, charged to ``owner``, with a Redis copy of its input, in one step
+        that refuses it when the queue is full or the key cannot pay; enqueue it (the queue
+        carries only the id), then write the input to S3 while a worker may already be
+        running it. The client hears back only once S3 holds the input; if S3 refuses it
+        and no worker has started the job, the job fails (refunded) and the client gets 503."""
         if params.seed == RANDOM_SEED:
             params = replace(params, seed=secrets.randbelow(_RANDOM_SEED_BOUND))
         seeds = [params.seed + i for i in range(params.samples)]
-        job = self.store.create(
-            job_id, params, seeds, webhook=webhook, owner=owner or "", cost_milli=cost_milli, image=image
+        cost = job_cost_milli(params, self.settings) if owner else 0
+        submitted = self.store.submit(
+            job_id,
+            params,
+            seeds,
+            webhook=webhook,
+            owner=owner or "",
+            cost_milli=cost,
+            image=image,
+            max_queue_depth=self.settings.max_queue_depth,
         )
+        if submitted.outcome == "full":
+            raise Unavailable("the queue is full; try again later", retry_after=_QUEUE_FULL_RETRY_SECONDS)
+        if submitted.job is None:
+            raise NotEnoughCredits(
+                f"not enough credits: this job costs {format_credits(cost)}",
+                balance=format_credits(submitted.balance_milli),
+                cost=format_credits(cost),
+            )
         try:
             self.celery.send_task(RUN_JOB_TASK, args=[job_id], queue=self.settings.queue_name)
         except (KombuError, OSError) as exc:
             log.error("job %s: cannot enqueue: %s", job_id, exc)
-            self.store.fail(job_id, "the queue is unavailable")
+            self.store.fail(job_id, "the queue is unavailable")  # refunds the charge
             raise Unavailable("the queue is unavailable; try again") from exc
         self._store_input(job_id, image)
         log.info("job %s: queued (%d samples)", job_id, params.samples)
-        return job
+        return submitted.job
 
     def _store_input(self, job_id: str, image: bytes) -> None:
         try:

@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import cast
 
 import redis
 
@@ -44,6 +44,37 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 return 1
 """
 )
+
+# KEYS: queued set, job hash, event stream, stats, shape list, input copy, API-key hash.
+# ARGV: queue limit (0: none), cost (-1: nobody pays), ttl, id, created at, shape-list cap,
+# input image ('' for none), fields... Records a queued job only if the queue has room and
+# its key can pay, charging the key in the same step: {'queued', balance after the charge},
+# or {'full' | 'credits' | 'revoked', balance}.
+_SUBMIT = """
+local limit = tonumber(ARGV[1])
+if limit > 0 and redis.call('ZCARD', KEYS[1]) >= limit then return {'full', 0} end
+local balance = 0
+local cost = tonumber(ARGV[2])
+if cost >= 0 then
+  if redis.call('EXISTS', KEYS[7]) == 0 or redis.call('HGET', KEYS[7], 'revoked') == '1' then
+    return {'revoked', 0}
+  end
+  balance = tonumber(redis.call('HGET', KEYS[7], 'balance'))
+  if balance < cost then return {'credits', balance} end
+  balance = redis.call('HINCRBY', KEYS[7], 'balance', -cost)
+end
+redis.call('ZADD', KEYS[1], ARGV[5], ARGV[4])
+redis.call('HSET', KEYS[2], unpack(ARGV, 8))
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', 64, '*', 'status', 'queued')
+redis.call('EXPIRE', KEYS[3], ARGV[3])
+redis.call('HINCRBY', KEYS[4], 'jobs_queued', 1)
+if ARGV[7] ~= '' then redis.call('SET', KEYS[6], ARGV[7], 'EX', ARGV[3]) end
+redis.call('RPUSH', KEYS[5], ARGV[4])
+redis.call('LTRIM', KEYS[5], -tonumber(ARGV[6]), -1)
+redis.call('EXPIRE', KEYS[5], ARGV[3])
+return {'queued', balance}
+"""
 
 # KEYS: job hash, event stream, queued set, running set. ARGV: allowed statuses, new status, ttl, id,
 # API-key hash prefix, fields... A failed job, or one canceled before it ran, gets its
@@ -178,6 +209,19 @@ return {string.sub(value, 1, space - 1), string.sub(value, space + 1)}
 
 
 @dataclass(frozen=True)
+class Submitted:
+    """What :meth:`JobStore.submit` decided: the job recorded, or why not."""
+
+    outcome: str  # queued, full (queue limit reached), credits (cannot pay), revoked (no key)
+    balance_milli: int  # the paying key's balance after the charge (or that fell short)
+    job: Job | None = None  # the record, when queued
+
+    @property
+    def queued(self) -> bool:
+        return self.outcome == "queued"
+
+
+@dataclass(frozen=True)
 class Claim:
     """What :meth:`JobStore.claim` decided: run it (as ``attempt``) or why not."""
 
@@ -216,6 +260,7 @@ class JobStore:
         self._result_ttl = settings.result_cache_seconds
         self._input_ttl = settings.input_cache_seconds
         self._succeed = self._blobs.register_script(_SUCCEED)
+        self._submit = self._blobs.register_script(_SUBMIT)
         self._transition = self._redis.register_script(_TRANSITION)
         self._progress = self._redis.register_script(_PROGRESS)
         self._request_cancel = self._redis.register_script(_REQUEST_CANCEL)
@@ -251,12 +296,28 @@ class JobStore:
         params: GenerationParams,
         seeds: Sequence[int],
         webhook: str | None = None,
+        image: bytes | None = None,
+    ) -> Job:
+        """Record a new queued job that nobody pays for, with no queue limit (see :meth:`submit`)."""
+        job = self.submit(job_id, params, seeds, webhook=webhook, image=image).job
+        assert job is not None  # nothing refuses a job without a limit or a payer
+        return job
+
+    def submit(
+        self,
+        job_id: str,
+        params: GenerationParams,
+        seeds: Sequence[int],
+        webhook: str | None = None,
         owner: str = "",
         cost_milli: int = 0,
         image: bytes | None = None,
-    ) -> Job:
-        """Record a new queued job, who pays for it, its place in the queue and, with
-        ``image``, a copy of its input for the worker (kept until :meth:`input_stored`)."""
+        max_queue_depth: int = 0,
+    ) -> Submitted:
+        """Record a new queued job in one step, unless the queue already holds
+        ``max_queue_depth`` jobs (0: no limit) or ``owner``'s key cannot pay ``cost_milli``:
+        the charge, its place in the queue and its shape list and, with ``image``, a copy of
+        its input for the worker (kept until :meth:`input_stored`)."""
         now = time.time()
         fields: dict[str, str] = {
             "id": job_id,
@@ -272,21 +333,31 @@ class JobStore:
         if owner:
             fields["owner"] = owner
             fields["cost"] = str(cost_milli)
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.zadd(self.key("queued"), {job_id: now})
-        pipe.hset(self._job_key(job_id), mapping=cast(dict[Any, Any], fields))
-        pipe.expire(self._job_key(job_id), self._ttl)
-        pipe.xadd(self._events_key(job_id), {"status": JobStatus.QUEUED.value}, maxlen=64)
-        pipe.expire(self._events_key(job_id), self._ttl)
-        pipe.hincrby(self.key("stats"), f"jobs_{JobStatus.QUEUED.value}", 1)
-        if image is not None:
-            pipe.set(self._input_key(job_id), image, ex=self._ttl)
-        shape = self._shape_key(fields["shape"])
-        pipe.rpush(shape, job_id)
-        pipe.ltrim(shape, -_SHAPE_LIST_CAP, -1)  # ids of jobs that ran alone never pile up
-        pipe.expire(shape, self._ttl)
-        pipe.execute()
-        return Job.from_hash(fields)
+        keys = [
+            self.key("queued"),
+            self._job_key(job_id),
+            self._events_key(job_id),
+            self.key("stats"),
+            self._shape_key(fields["shape"]),
+            self._input_key(job_id),
+            self._apikey_prefix + owner,
+        ]
+        args: list[bytes | str | int] = [
+            max_queue_depth,
+            cost_milli if owner else -1,
+            self._ttl,
+            job_id,
+            repr(now),
+            _SHAPE_LIST_CAP,  # ids of jobs that ran alone never pile up
+            image if image is not None else "",
+        ]
+        for name, value in fields.items():
+            args += [name, value]
+        outcome, balance = self._submit(keys=keys, args=args)
+        submitted = Submitted(outcome.decode(), int(balance))
+        if submitted.queued:
+            return Submitted(submitted.outcome, submitted.balance_milli, Job.from_hash(fields))
+        return submitted
 
     def _shape_key(self, shape: str) -> str:
         return self.key("shape", shape)

@@ -4,8 +4,9 @@ A key looks like ``i2i_<id>_<secret>``: ``id`` (8 hex characters) names the key 
 and logs; ``secret`` (32 random bytes) is never stored. Redis keeps only SHA-256 of the
 whole key; a presented key is checked by comparing digests inside Redis (how long a
 comparison takes can tell about the stored digest, never about the secret, which the
-digest does not give away). Balances are integer millicredits changed only by Lua
-scripts, so a balance never goes below zero however many requests race.
+digest does not give away). Balances are integer millicredits; a job's charge is taken
+by the script that records the job (:meth:`shared.jobstore.JobStore.submit`), which never
+lets a balance go below zero however many requests race.
 """
 
 from __future__ import annotations
@@ -21,17 +22,6 @@ import redis
 from shared.settings import Settings
 
 KEY_PREFIX = "i2i_"
-
-# KEYS: key hash. ARGV: cost. Returns {1, new balance} or {0, balance}; {-1, 0} if revoked/missing.
-_CHARGE = """
-if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HGET', KEYS[1], 'revoked') == '1' then
-  return {-1, 0}
-end
-local balance = tonumber(redis.call('HGET', KEYS[1], 'balance'))
-local cost = tonumber(ARGV[1])
-if balance < cost then return {0, balance} end
-return {1, redis.call('HINCRBY', KEYS[1], 'balance', -cost)}
-"""
 
 # KEYS: key hash, rate window counter. ARGV: digest of the presented key, window seconds
 # (0: do not count). Returns false unless the digest matches a key that is not revoked;
@@ -81,12 +71,6 @@ class Admission:
     retry_after: int  # seconds until the window ends
 
 
-@dataclass(frozen=True)
-class Charge:
-    accepted: bool
-    balance_milli: int
-
-
 def digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
@@ -109,7 +93,6 @@ class KeyStore:
         self._redis = client or redis.Redis.from_url(
             settings.redis_url, decode_responses=True, socket_timeout=10, socket_connect_timeout=5
         )
-        self._charge = self._redis.register_script(_CHARGE)
         self._authenticate = self._redis.register_script(_AUTHENTICATE)
 
     def _key(self, key_id: str) -> str:
@@ -199,10 +182,3 @@ class KeyStore:
 
     def balance(self, key_id: str) -> int:
         return int(cast(str, self._redis.hget(self._key(key_id), "balance") or "0"))
-
-    def charge(self, key_id: str, cost_milli: int) -> Charge:
-        status, balance = self._charge(keys=[self._key(key_id)], args=[cost_milli])
-        return Charge(accepted=int(status) == 1, balance_milli=int(balance))
-
-    def refund(self, key_id: str, amount_milli: int) -> int:
-        return int(self._redis.hincrby(self._key(key_id), "balance", amount_milli))

@@ -104,3 +104,32 @@ def test_fail_queued_leaves_a_started_job_alone(isolated_settings: Settings) -> 
     assert not store.fail_queued("started", "storage unavailable")
     assert store.get("queued").status is JobStatus.FAILED  # type: ignore[union-attr]
     assert store.get("started").status is JobStatus.RUNNING  # type: ignore[union-attr]
+
+
+def test_submit_charges_and_records_in_one_step_or_not_at_all(isolated_settings: Settings) -> None:
+    from shared.keys import KeyStore
+
+    store, keys = JobStore(isolated_settings), KeyStore(isolated_settings)
+    _, payer = keys.create("payer", 1_000)
+    params = parse_request(reference_body(), isolated_settings).params
+
+    def submit(job_id: str, owner: str, cost: int, depth: int = 0) -> str:
+        submitted = store.submit(job_id, params, [1], owner=owner, cost_milli=cost, max_queue_depth=depth)
+        assert (submitted.job is not None) == submitted.queued
+        assert (store.get(job_id) is not None) == submitted.queued  # recorded exactly when charged
+        return f"{submitted.outcome} {submitted.balance_milli}"
+
+    assert submit("a", payer.id, 600) == "queued 400"
+    job = store.get("a")
+    assert job is not None and job.owner == payer.id and job.cost_milli == 600
+    assert store.queue_length() == 1
+    assert submit("b", payer.id, 600) == "credits 400"  # 400 left, nothing taken
+    assert submit("c", payer.id, 100, depth=1) == "full 0"  # the queue holds one job already
+    assert submit("d", "nobody", 100) == "revoked 0"
+    keys.revoke(payer.id)
+    assert submit("e", payer.id, 100) == "revoked 0"
+    assert keys.balance(payer.id) == 400
+    assert submit("f", "", 100, depth=2) == "queued 0"  # nobody pays without an owner
+    assert store.queue_length() == 2
+    store.fail("a", "boom")
+    assert keys.balance(payer.id) == 1_000  # a failed job's charge comes back
