@@ -117,13 +117,13 @@ if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then return 1 end
 return 0
 """
 
-# KEYS: job hash, event stream, queued set, running set, stats. ARGV: worker, lease
-# seconds, max attempts, ttl, API-key hash prefix (for the refund when attempts run out), id,
-# shape-list prefix. Starts a queued job, or takes over a running one whose lease lapsed
-# (its worker died); a started job leaves its shape's list of batching candidates.
-# Returns {outcome, attempt or seconds, job fields and queued jobs left, when started}:
-# started, busy (lease held), exhausted, missing, upload (succeeded, outputs not yet in
-# S3), or the final status.
+# KEYS: job hash, event stream, queued set, running set, stats, input copy. ARGV: worker,
+# lease seconds, max attempts, ttl, API-key hash prefix (for the refund when attempts run
+# out), id, shape-list prefix. Starts a queued job, or takes over a running one whose lease
+# lapsed (its worker died); a started job leaves its shape's list of batching candidates.
+# Returns {outcome, attempt or seconds, and when started: job fields, queued jobs left and
+# the input copy (false once expired)}: started, busy (lease held), exhausted, missing,
+# upload (succeeded, outputs not yet in S3), or the final status.
 _CLAIM_JOB = (
     """
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -160,7 +160,8 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', 64, '*', 'status', 'running')
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 redis.call('HINCRBY', KEYS[5], 'jobs_running', 1)
-return {'started', attempt, redis.call('HGETALL', KEYS[1]), redis.call('ZCARD', KEYS[3])}
+return {'started', attempt, redis.call('HGETALL', KEYS[1]), redis.call('ZCARD', KEYS[3]),
+  redis.call('GET', KEYS[6])}
 """
 )
 
@@ -231,6 +232,7 @@ class Claim:
     wait_seconds: float = 0.0
     job: Job | None = None  # the record as the claim left it, when started
     queued: int = 0  # jobs still queued after this one was taken, when started
+    image: bytes | None = None  # the Redis copy of the input, when started and still kept
 
 
 # Longest a per-shape list of batching candidates may grow.
@@ -265,7 +267,7 @@ class JobStore:
         self._progress = self._redis.register_script(_PROGRESS)
         self._request_cancel = self._redis.register_script(_REQUEST_CANCEL)
         self._claim = self._redis.register_script(_CLAIM)
-        self._claim_job = self._redis.register_script(_CLAIM_JOB)
+        self._claim_job = self._blobs.register_script(_CLAIM_JOB)  # returns the input's bytes
         self._refund = self._redis.register_script(_REFUND)
         self._apikey_prefix = f"{self._prefix}:apikey:"
 
@@ -376,16 +378,13 @@ class JobStore:
         """Put back an id taken by :meth:`next_of_shape` that did not fit the batch."""
         self._redis.lpush(self._shape_key(shape), job_id)
 
-    def start_batch(self, job_ids: Sequence[str], batch_id: str) -> list[bytes | None]:
-        """Record which pipeline call (batch) the jobs run in and when it starts; return
-        their input copies (None where a copy has expired), all in one round trip."""
-        pipe = self._blobs.pipeline(transaction=False)
-        now = repr(time.time())
+    def start_batch(self, job_ids: Sequence[str], batch_id: str, started_at: float) -> None:
+        """Record which pipeline call (batch) the jobs run in and when it started."""
+        pipe = self._redis.pipeline(transaction=False)
         for job_id in job_ids:
-            pipe.hset(self._job_key(job_id), mapping={"batch_id": batch_id, "batch_started_at": now})
-        for job_id in job_ids:
-            pipe.get(self._input_key(job_id))
-        return cast(list[bytes | None], pipe.execute()[len(job_ids) :])
+            key = self._job_key(job_id)
+            pipe.hset(key, mapping={"batch_id": batch_id, "batch_started_at": repr(started_at)})
+        pipe.execute()
 
     def claim(self, job_id: str, worker: str, lease_seconds: float, max_attempts: int) -> Claim:
         """Take a job to run: a queued one, or a running one whose worker's lease lapsed.
@@ -401,6 +400,7 @@ class JobStore:
                 self.key("queued"),
                 self.key("running"),
                 self.key("stats"),
+                self._input_key(job_id),
             ],
             args=[
                 worker,
@@ -412,11 +412,11 @@ class JobStore:
                 self._shape_key(""),
             ],
         )
-        outcome, value = str(reply[0]), reply[1]
+        outcome, value = reply[0].decode(), reply[1]
         if outcome == "started":
-            flat = reply[2]
+            flat = [item.decode() for item in reply[2]]
             job = Job.from_hash(dict(zip(flat[::2], flat[1::2], strict=True)))
-            return Claim(True, attempt=int(value), job=job, queued=int(reply[3]))
+            return Claim(True, attempt=int(value), job=job, queued=int(reply[3]), image=reply[4])
         return Claim(False, outcome=outcome, wait_seconds=float(value) if outcome == "busy" else 0.0)
 
     def progress(

@@ -26,10 +26,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Member:
-    """A claimed job in a batch, with the attempt its lease belongs to."""
+    """A claimed job in a batch, with the attempt its lease belongs to and the Redis copy of
+    its input (None once that has expired: the input is then read from S3)."""
 
     job: Job
     attempt: int
+    image: bytes | None = None
 
 
 def collect_partners(
@@ -62,7 +64,7 @@ def collect_partners(
         claim = store.claim(job_id, worker, settings.job_lease_seconds, settings.max_job_attempts)
         if not claim.started or claim.job is None:
             continue
-        partners.append(Member(claim.job, claim.attempt))  # the record as started, not as queued
+        partners.append(Member(claim.job, claim.attempt, claim.image))  # as started, not as queued
         images += job.params.samples
     if partners:
         log.info(

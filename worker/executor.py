@@ -40,7 +40,7 @@ from shared.settings import Settings
 from shared.storage import Storage
 from worker.batching import Member, collect_partners
 from worker.metrics import WorkerMetrics
-from worker.progress import StepReporter, StopRun
+from worker.progress import Batch, StepReporter, StopRun
 from worker.runner import BatchItem, Runner, StepCallback, job_items
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ class JobExecutor:
             return
         if claim.attempt > 1:
             log.warning("job %s: taking over, attempt %d", job_id, claim.attempt)
-        first = Member(claim.job, claim.attempt)
+        first = Member(claim.job, claim.attempt, claim.image)
         self._run([first, *collect_partners(self.settings, self.store, first, self.name, claim.queued)])
 
     def _run(self, members: list[Member]) -> None:
@@ -120,16 +120,17 @@ class JobExecutor:
 
         Waiting clients come first: every job is marked succeeded (images in Redis) before
         any S3 write, and counters and metrics are written last."""
-        inputs = self.store.start_batch([m.job.id for m in members], uuid.uuid4().hex)
-        runs = [r for r in (self._prepare(m, data) for m, data in zip(members, inputs, strict=True)) if r]
+        runs = [run for run in map(self._prepare, members) if run is not None]
         if not runs:
             return
         params = runs[0].member.job.params
         items = [item for run in runs for item in run.items]
         calls: list[tuple[int, int]] = []
+        batch = Batch(uuid.uuid4().hex, [m.job.id for m in members])
+        lease = self.settings.job_lease_seconds
         started = time.monotonic()
         try:
-            with StepReporter(self.store, runs, self.settings.job_lease_seconds) as progress:
+            with StepReporter(self.store, runs, lease, batch) as progress:
                 outputs = self._generate(params, items, progress.report, calls, jobs=len(runs))
         except Exception as exc:  # noqa: BLE001 - StopRun and time limits too; _abandon logs it
             self._abandon(runs, exc)
@@ -200,9 +201,10 @@ class JobExecutor:
             self._finished(done.job.id, True)
             log.info("job %s: succeeded in %.3fs (%d images)", done.job.id, elapsed, len(done.images))
 
-    def _prepare(self, member: Member, data: bytes | None) -> JobRun | None:
-        """Decode the job's input (``data``: its Redis copy); a bad input fails this job alone."""
+    def _prepare(self, member: Member) -> JobRun | None:
+        """Decode the job's input (its Redis copy, from the claim); a bad input fails this job alone."""
         job = member.job
+        data = member.image
         try:
             if data is None:  # the Redis copy has expired: the job waited long
                 data = self.storage.get(input_key(job.id))

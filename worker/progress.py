@@ -1,8 +1,9 @@
 """Progress of a running pipeline call, written to Redis off the denoising loop.
 
-Each step the pipeline calls :meth:`StepReporter.report`, which only records the step and
-returns: a background thread writes the newest step of every job of the call (renewing
-its lease) and marks the jobs that must stop (canceled, or taken over by another attempt).
+The background thread first records the call (its batch id and start time) on every job
+claimed for it. Then, each step the pipeline calls :meth:`StepReporter.report`, which only
+records the step and returns: the thread writes the newest step of every job of the call
+(renewing its lease) and marks the jobs that must stop (canceled, or taken over by another attempt).
 The loop never waits on Redis; a stop is seen at most one step later than it is written.
 If Redis is unreachable for a while, steps are skipped, not queued: the job carries on and
 its final transition tells whether it still owns the job.
@@ -12,7 +13,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Protocol
 
@@ -40,13 +43,27 @@ class StopRun(Exception):
     """Raised from the step callback: every job of the call was canceled or is owned elsewhere."""
 
 
-class StepReporter:
-    """Writes step progress for ``runs`` from its own thread, between ``with`` and its end."""
+@dataclass(frozen=True)
+class Batch:
+    """A pipeline call: its id, every job claimed for it (a job whose input could not be
+    used included), and when it started."""
 
-    def __init__(self, store: JobStore, runs: Sequence[Tracked], lease_seconds: float) -> None:
+    id: str
+    job_ids: Sequence[str]
+    started_at: float = field(default_factory=time.time)
+
+
+class StepReporter:
+    """Writes step progress for ``runs`` from its own thread, between ``with`` and its end;
+    with ``batch``, first the batch on its jobs."""
+
+    def __init__(
+        self, store: JobStore, runs: Sequence[Tracked], lease_seconds: float, batch: Batch | None = None
+    ) -> None:
         self._store = store
         self._runs = runs
         self._lease = lease_seconds
+        self._batch = batch
         self._pending: tuple[int, int] | None = None
         self._closed = False
         self._wake = threading.Condition()
@@ -78,6 +95,12 @@ class StepReporter:
             self._thread.join(_CLOSE_TIMEOUT_SECONDS)
 
     def _write_loop(self) -> None:
+        if self._batch is not None:
+            batch = self._batch
+            try:
+                self._store.start_batch(batch.job_ids, batch.id, batch.started_at)
+            except Exception as exc:  # noqa: BLE001 - the record is informative; the job goes on
+                log.warning("batch %s: could not be recorded on its jobs: %s", batch.id, exc)
         while True:
             with self._wake:
                 while self._pending is None and not self._closed:

@@ -88,6 +88,7 @@ def test_the_input_copy_outlives_the_queue_until_s3_holds_the_input(isolated_set
     key = store.key("job", "j", "input")
     assert store.input_image("j") == b"\x89PNG input"
     assert store.redis.ttl(key) > 3600  # as long as the job, while S3 may not have it
+    assert store.claim("j", "w1", 30, 3).image == b"\x89PNG input"  # the claim hands it out
     store.input_stored("j")
     assert 0 < store.redis.ttl(key) <= 5
     dropped = JobStore(settings.replace(input_cache_seconds=0))

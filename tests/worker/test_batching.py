@@ -167,6 +167,7 @@ def test_partners_join_as_started_records(isolated_settings: Settings) -> None:
         store.create(job_id, params, [1])
     claim = store.claim("first", "w1", 30, 3)
     assert claim.job is not None and claim.queued == 2
+    assert claim.image is None  # created without an input copy
     partners = collect_partners(
         isolated_settings.replace(batch_wait_ms=0),
         store,

@@ -12,7 +12,7 @@ from shared.jobstore import JobStore
 from shared.schema import parse_request
 from shared.settings import Settings
 from tests.helpers import reference_body
-from worker.progress import StepReporter, StopRun
+from worker.progress import Batch, StepReporter, StopRun
 
 
 @dataclass
@@ -43,12 +43,16 @@ def test_steps_reach_redis_and_renew_the_lease(isolated_settings: Settings) -> N
     run = running_job(store, isolated_settings, "a")
     before = store.redis.zscore(store.key("running"), "a")
     time.sleep(0.05)
-    with StepReporter(store, [run], lease_seconds=60) as progress:
+    batch = Batch("b1", ["a"])
+    with StepReporter(store, [run], lease_seconds=60, batch=batch) as progress:
         for step in range(1, 6):
             progress.report(step, 18)
         assert eventually(lambda: store.get("a").progress_step == 5)  # type: ignore[union-attr]
     assert store.redis.zscore(store.key("running"), "a") > before  # type: ignore[operator]
     assert not run.stopped
+    job = store.get("a")
+    assert job is not None and job.batch_id == "b1"
+    assert job.batch_started_at == pytest.approx(batch.started_at)
 
 
 def test_a_report_does_not_wait_for_redis(isolated_settings: Settings) -> None:
