@@ -30,6 +30,12 @@ def current_owner() -> str | None:
     return key.id if key is not None else None
 
 
+def note_balance(balance_milli: int | None) -> None:
+    """The key's balance as this request last read it (with its job), so the
+    ``x-remaining-credits`` header needs no read of its own; None: read it for the header."""
+    g.balance_milli = balance_milli
+
+
 def init_auth(app: Flask, settings: Settings, keys: KeyStore) -> None:
     @app.before_request
     def authenticate() -> None:
@@ -49,5 +55,7 @@ def init_auth(app: Flask, settings: Settings, keys: KeyStore) -> None:
     def remaining_credits(response: Response) -> Response:
         key = current_key()
         if key is not None:
-            response.headers["x-remaining-credits"] = format_credits(keys.balance(key.id))
+            noted: int | None = g.get("balance_milli")
+            balance = noted if noted is not None else keys.balance(key.id)
+            response.headers["x-remaining-credits"] = format_credits(balance)
         return response

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import base64
+from typing import cast
 
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from api.auth import current_owner
+from api.auth import current_owner, note_balance
 from api.openapi import document_json
 from api.prefer import parse_prefer
 from api.service import JobService
@@ -72,12 +73,15 @@ def img2img() -> Response:
     svc = service()
     prefer = parse_prefer(request.headers.get("Prefer", ""))
     job = submit_from_request(svc)
+    cached: list[bytes | None] | None = None
     if not prefer.respond_async and not job.status.terminal:
         budget = svc.settings.sync_wait_seconds
         if prefer.wait is not None:
             budget = min(prefer.wait, budget)
-        job = svc.wait(job.id, budget)
-    return _finished_response(svc, job) if job.status.terminal else _accepted_response(svc, job)
+        watched = svc.wait(job, budget)
+        note_balance(watched.balance_milli)
+        job, cached = cast(Job, watched.job), watched.images  # wait() raises NotFound for no job
+    return _finished_response(svc, job, cached) if job.status.terminal else _accepted_response(svc, job)
 
 
 @bp.get("/v1/jobs/<job_id>")
@@ -124,14 +128,15 @@ def readyz() -> Response:
     return response
 
 
-def _finished_response(svc: JobService, job: Job) -> Response:
+def _finished_response(svc: JobService, job: Job, cached: list[bytes | None] | None = None) -> Response:
+    """The answer to a job that ended; ``cached``: its outputs as already read from Redis."""
     if job.status is not JobStatus.SUCCEEDED:
         raise JobFailed(job.error or f"job {job.status.value}", job.id)
     if job.params.base64:
-        images = [base64.b64encode(data).decode("ascii") for data in svc.images(job)]
+        images = [base64.b64encode(data).decode("ascii") for data in svc.images(job, cached=cached)]
         response = jsonify({"image": images[0], "images": images, "seeds": list(job.seeds), "job_id": job.id})
     else:
-        response = Response(svc.images(job, 1)[0], mimetype="image/jpeg")
+        response = Response(svc.images(job, 1, cached)[0], mimetype="image/jpeg")
     response.headers["x-seed-value"] = str(job.seeds[0])
     if job.owner:
         response.headers["x-cost"] = format_credits(job.cost_milli)

@@ -21,7 +21,7 @@ from shared.errors import (
     Unavailable,
 )
 from shared.jobs import Job, input_key, new_job_id
-from shared.jobstore import JobStore
+from shared.jobstore import JobStore, Watched
 from shared.keys import KeyStore
 from shared.pricing import format_credits, job_cost_milli
 from shared.schema import RANDOM_SEED, GenerationParams
@@ -155,12 +155,16 @@ class JobService:
             raise NotFound(f"no job {job_id}")
         return job
 
-    def wait(self, job_id: str, timeout: float) -> Job:
-        """The job once it ends, or as it stands when ``timeout`` runs out."""
-        job = self.store.wait(job_id, timeout)
-        if job is None:
-            raise NotFound(f"no job {job_id}")
-        return job
+    def wait(self, job: Job, timeout: float) -> Watched:
+        """The job once it ends, or as it stands when ``timeout`` runs out, with the outputs
+        its answer carries (all with ``base64``, else the first) while Redis keeps them, and
+        its owner's balance, read together with the event that ends the wait."""
+        watched = self.store.watch(
+            job.id, timeout, images=job.params.samples if job.params.base64 else 1, owner=job.owner
+        )
+        if watched.job is None:
+            raise NotFound(f"no job {job.id}")
+        return watched
 
     def check_webhook(self, url: str) -> str:
         """A webhook URL the service may call: configured secret, http(s), allowed address."""
@@ -206,10 +210,14 @@ class JobService:
         cached = self.store.cached_result(job.id, index)
         return cached if cached is not None else self.storage.get(job.outputs[index])
 
-    def images(self, job: Job, count: int | None = None) -> list[bytes]:
-        """The first ``count`` outputs (all by default), as :meth:`image` finds them."""
+    def images(
+        self, job: Job, count: int | None = None, cached: list[bytes | None] | None = None
+    ) -> list[bytes]:
+        """The first ``count`` outputs (all by default), as :meth:`image` finds them; with
+        ``cached``, those already read from Redis."""
         keys = job.outputs[: len(job.outputs) if count is None else count]
-        cached = self.store.cached_results(job.id, len(keys))
+        if cached is None or len(cached) < len(keys):
+            cached = self.store.cached_results(job.id, len(keys))
         return [
             data if data is not None else self.storage.get(key)
             for data, key in zip(cached, keys, strict=True)

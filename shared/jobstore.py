@@ -223,6 +223,15 @@ class Submitted:
 
 
 @dataclass(frozen=True)
+class Watched:
+    """A job as a wait left it, with what the answer to its client needs."""
+
+    job: Job | None  # None: there is no such job
+    images: list[bytes | None]  # its first outputs while Redis keeps them (None: not there)
+    balance_milli: int | None  # its owner's balance, when an owner was named
+
+
+@dataclass(frozen=True)
 class Claim:
     """What :meth:`JobStore.claim` decided: run it (as ``attempt``) or why not."""
 
@@ -567,25 +576,42 @@ class JobStore:
     def wait(self, job_id: str, timeout: float, any_event: bool = False) -> Job | None:
         """Block until the job ends (or, with ``any_event``, until it exists) or ``timeout``
         passes; return it as it then stands."""
+        return self.watch(job_id, timeout, any_event=any_event).job
+
+    def watch(
+        self, job_id: str, timeout: float, any_event: bool = False, images: int = 0, owner: str = ""
+    ) -> Watched:
+        """:meth:`wait`, returning with the job its first ``images`` outputs kept in Redis and
+        ``owner``'s balance, all read in the same round trip as the event that ends the wait:
+        each blocking read is pipelined with the reads that follow it."""
         deadline = time.monotonic() + timeout
-        last_id = "0-0"
+        last_id = b"0-0"
         stream = self._events_key(job_id)
         while True:
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return self.get(job_id)
-            block_ms = max(1, int(min(remaining, _BLOCK_SLICE_SECONDS) * 1000))
-            reply = cast(
-                list[tuple[str, list[tuple[str, dict[str, str]]]]],
-                self._redis.xread({stream: last_id}, block=block_ms),
+            block_ms = max(1, int(min(remaining, _BLOCK_SLICE_SECONDS) * 1000)) if remaining > 0 else None
+            pipe = self._blobs.pipeline(transaction=False)
+            if block_ms is not None:
+                pipe.xread({stream: last_id}, block=block_ms)
+            pipe.hgetall(self._job_key(job_id))
+            pipe.mget([self._result_key(job_id, index) for index in range(max(images, 1))])
+            pipe.hget(self._apikey_prefix + owner, "balance")
+            *reply, data, blobs, balance = pipe.execute()
+            record = {key.decode(): value.decode() for key, value in data.items()}
+            watched = Watched(
+                Job.from_hash(record) if record else None,
+                list(blobs[:images]),
+                int(balance) if owner and balance is not None else None,
             )
-            for _stream, events in reply or ():
+            if block_ms is None:
+                return watched
+            for _stream, events in reply[0] or ():
                 for event_id, event in events:
                     last_id = event_id
-                    if any_event or JobStatus(event["status"]).terminal:
-                        return self.get(job_id)
-            if not reply and self.get(job_id) is None:
-                return None
+                    if any_event or JobStatus(event[b"status"].decode()).terminal:
+                        return watched
+            if not reply[0] and watched.job is None:  # nothing happened, and no such job
+                return watched
 
     # -- webhooks -------------------------------------------------------------
 

@@ -134,3 +134,28 @@ def test_submit_charges_and_records_in_one_step_or_not_at_all(isolated_settings:
     assert store.queue_length() == 2
     store.fail("a", "boom")
     assert keys.balance(payer.id) == 1_000  # a failed job's charge comes back
+
+
+def test_a_watch_returns_the_ended_job_with_its_images_and_balance(isolated_settings: Settings) -> None:
+    import threading
+
+    from shared.keys import KeyStore
+
+    store, keys = JobStore(isolated_settings), KeyStore(isolated_settings)
+    _, payer = keys.create("watcher", 5_000)
+    params = parse_request(reference_body(samples=2), isolated_settings).params
+    assert store.submit("w", params, [1, 2], owner=payer.id, cost_milli=1_000).queued
+    attempt = store.claim("w", "w1", 30, 3).attempt
+
+    def finish() -> None:
+        time.sleep(0.2)
+        assert store.succeed("w", attempt, KEYS, IMAGES, 0.1, 30)
+
+    threading.Thread(target=finish).start()
+    watched = store.watch("w", 10, images=2, owner=payer.id)
+    assert watched.job is not None and watched.job.status is JobStatus.SUCCEEDED
+    assert watched.images == IMAGES and watched.balance_milli == 4_000
+    early = store.watch("w", 0, images=1)  # no time left: the job as it stands
+    assert early.images == IMAGES[:1] and early.balance_milli is None
+    missing = store.watch("none", 0.2)
+    assert missing.job is None and missing.images == []
