@@ -15,7 +15,7 @@ from api.service import JobService
 from api.views import job_body
 from shared.errors import InvalidInput, JobFailed
 from shared.fetch import ImageFetcher
-from shared.images import decode_image_field
+from shared.images import read_image_field
 from shared.jobs import Job, JobStatus
 from shared.pricing import format_credits
 from shared.schema import parse_request
@@ -64,7 +64,7 @@ def submit_from_request(svc: JobService) -> Job:
     if key is not None and not 0 < len(key) <= _MAX_IDEMPOTENCY_KEY:
         raise InvalidInput(IDEMPOTENCY_HEADER, f"must be 1 to {_MAX_IDEMPOTENCY_KEY} characters")
     webhook = svc.check_webhook(checked.webhook) if checked.webhook else None
-    image = decode_image_field(checked.image, svc.settings, fetcher=fetcher())
+    image = read_image_field(checked.image, svc.settings, fetcher=fetcher())  # decoded in full by submit
     return svc.submit(checked.params, image, webhook=webhook, idempotency_key=key, owner=current_owner())
 
 

@@ -20,6 +20,7 @@ from shared.errors import (
     NotFound,
     Unavailable,
 )
+from shared.images import check_image_bytes
 from shared.jobs import Job, input_key, new_job_id
 from shared.jobstore import JobStore, Watched
 from shared.keys import KeyStore
@@ -101,8 +102,9 @@ class JobService:
     ) -> Job:
         """Record the job, charged to ``owner``, with a Redis copy of its input, in one step
         that refuses it when the queue is full or the key cannot pay; enqueue it (the queue
-        carries only the id), then write the input to S3 while a worker may already be
-        running it. The client hears back only once S3 holds the input; if S3 refuses it
+        carries only the id), then decode the input in full and write it to S3 while a
+        worker may already be running it. The client hears back only after both: an input
+        that does not decode fails the job (refunded) with a 400; if S3 refuses the input
         and no worker has started the job, the job fails (refunded) and the client gets 503."""
         if params.seed == RANDOM_SEED:
             params = replace(params, seed=secrets.randbelow(_RANDOM_SEED_BOUND))
@@ -132,9 +134,22 @@ class JobService:
             log.error("job %s: cannot enqueue: %s", job_id, exc)
             self.store.fail(job_id, "the queue is unavailable")  # refunds the charge
             raise Unavailable("the queue is unavailable; try again") from exc
+        self._check_decodes(job_id, image)
         self._store_input(job_id, image)
         log.info("job %s: queued (%d samples)", job_id, params.samples)
         return submitted.job
+
+    def _check_decodes(self, job_id: str, image: bytes) -> None:
+        """Decode the input in full while a worker starts on the job (its header was checked
+        before the job was accepted); an image that does not decode takes the job back."""
+        try:
+            check_image_bytes(image, self.settings)
+        except InvalidInput as exc:
+            # A worker that started the job already fails it on the same decode.
+            if self.store.fail_queued(job_id, exc.message):
+                self.store.drop_input(job_id)
+            log.info("job %s: taken back, the image does not decode: %s", job_id, exc.message)
+            raise
 
     def _store_input(self, job_id: str, image: bytes) -> None:
         try:

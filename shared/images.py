@@ -11,6 +11,12 @@ which :mod:`shared.fetch` downloads. Either way the bytes pass the same checks, 
 4. a full decode (truncated or corrupt data is a 400);
 5. EXIF orientation and the conversion to RGB, so the worker never meets an image it cannot use.
 
+The gateway runs checks 1 to 3 (:func:`read_image_field`) before it accepts a job, and 4 and
+5 (:func:`check_image_bytes`) once the job is queued, while a worker starts on it: the
+client's answer waits for them, and a job whose image fails them is taken back (failed,
+refunded, and a 400 naming the field), which its worker, failing on the same decode,
+would do too.
+
 Only Pillow is used here, so the gateway stays free of torch.
 """
 
@@ -70,7 +76,16 @@ _OTHER_FORMATS: tuple[tuple[bytes, int, str], ...] = (
 
 
 def decode_image_field(value: str, settings: Settings, fetcher: ImageFetcher | None = None) -> bytes:
-    """Turn the ``image`` field into checked image bytes: base64, data URI or http(s) URL.
+    """Turn the ``image`` field into image bytes that pass every check (see the module)."""
+    data = read_image_field(value, settings, fetcher)
+    check_image_bytes(data, settings)
+    return data
+
+
+def read_image_field(value: str, settings: Settings, fetcher: ImageFetcher | None = None) -> bytes:
+    """Turn the ``image`` field (base64, data URI or http(s) URL) into image bytes checked up
+    to their header: size, format and pixel count, without decoding a pixel. The full decode
+    (:func:`check_image_bytes`) is left to the caller.
 
     A URL is fetched with ``fetcher`` (one built from ``settings`` when none is given).
     """
@@ -79,7 +94,7 @@ def decode_image_field(value: str, settings: Settings, fetcher: ImageFetcher | N
         if fetcher is None:
             fetcher = ImageFetcher(settings)
         data = fetcher.fetch(text)
-        check_image_bytes(data, settings)
+        check_image_header(data, settings)
         return data
     declared: str | None = None
     match = _DATA_URI.match(text)
@@ -92,7 +107,7 @@ def decode_image_field(value: str, settings: Settings, fetcher: ImageFetcher | N
         declared = _MIME_FORMAT[mime]
         text = text[match.end() :]
     data = _b64decode(text, settings)
-    image_format = check_image_bytes(data, settings)
+    image_format = str(check_image_header(data, settings).format)
     if declared is not None and image_format != declared:
         raise InvalidInput(_FIELD, f"data URI says {declared} but the image is {image_format}")
     return data
@@ -114,12 +129,15 @@ def _b64decode(text: str, settings: Settings) -> bytes:
     return data
 
 
+def check_image_header(data: bytes, settings: Settings) -> ImageFile.ImageFile:
+    """Checks 1 to 3 (size, format, pixel count), decoding no pixel; the parsed header."""
+    _check_size(data, settings)
+    return _checked_header(data, settings)
+
+
 def check_image_bytes(data: bytes, settings: Settings) -> str:
     """Run every check on ``data`` (size, format, pixels, decode, orientation); return the format."""
-    if not data:
-        raise InvalidInput(_FIELD, "is empty")
-    if len(data) > settings.max_image_bytes:
-        raise PayloadTooLarge(_FIELD, f"image is over {settings.max_image_bytes} bytes")
+    _check_size(data, settings)
     image = open_image(data, settings)
     image_format = str(image.format)
     try:
@@ -127,6 +145,13 @@ def check_image_bytes(data: bytes, settings: Settings) -> str:
     except (OSError, SyntaxError, ValueError, TypeError, KeyError, IndexError, struct.error) as exc:
         raise InvalidInput(_FIELD, "could not apply the image's orientation or colour mode") from exc
     return image_format
+
+
+def _check_size(data: bytes, settings: Settings) -> None:
+    if not data:
+        raise InvalidInput(_FIELD, "is empty")
+    if len(data) > settings.max_image_bytes:
+        raise PayloadTooLarge(_FIELD, f"image is over {settings.max_image_bytes} bytes")
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -165,8 +190,8 @@ def read_header(data: bytes) -> ImageFile.ImageFile:
         ) from exc
 
 
-def open_image(data: bytes, settings: Settings) -> Image.Image:
-    """Decode ``data`` fully after checking its format and pixel count from the header."""
+def _checked_header(data: bytes, settings: Settings) -> ImageFile.ImageFile:
+    """The parsed header of an allowed image whose pixel count is within the limit."""
     image = read_header(data)
     width, height = image.size
     if width < 1 or height < 1:
@@ -175,6 +200,12 @@ def open_image(data: bytes, settings: Settings) -> Image.Image:
         raise PayloadTooLarge(
             _FIELD, f"{width}x{height} pixels is over the limit of {settings.max_image_pixels} pixels"
         )
+    return image
+
+
+def open_image(data: bytes, settings: Settings) -> Image.Image:
+    """Decode ``data`` fully after checking its format and pixel count from the header."""
+    image = _checked_header(data, settings)
     try:
         image.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

@@ -175,6 +175,35 @@ def test_failed_job_is_refunded_once_even_if_the_failure_is_handled_twice(keyed_
     assert stored is not None and stored.refunded
 
 
+def test_an_image_that_does_not_decode_takes_its_job_back(
+    keyed_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The full decode runs once the job is queued: a truncated image fails it, refunded,
+    and the client gets the image's 400; S3 never gets the input."""
+    import api.service
+    from api.service import JobService
+    from shared.errors import InvalidInput, NotFound
+    from shared.jobs import JobStatus, input_key
+    from tests.helpers import sample_image
+
+    cost = cost_of(keyed_settings)
+    _, key_id = new_key(keyed_settings, credits_milli=cost)
+    service = JobService(keyed_settings.replace(queue_name="img2img-unserved"))
+    params = parse_request(reference_body(), keyed_settings).params
+    monkeypatch.setattr(api.service, "new_job_id", lambda: "truncated-input")
+    data = sample_image(fmt="JPEG")
+    with pytest.raises(InvalidInput) as refused:
+        service.submit(params, data[: len(data) // 2], owner=key_id)
+    assert refused.value.field == "image" and refused.value.status_code == 400
+    job = JobStore(keyed_settings).get("truncated-input")
+    assert job is not None and job.status is JobStatus.FAILED and job.refunded
+    assert job.error == refused.value.message
+    assert KeyStore(keyed_settings).balance(key_id) == cost
+    assert JobStore(keyed_settings).input_image("truncated-input") is None
+    with pytest.raises(NotFound):
+        service.storage.get(input_key("truncated-input"))
+
+
 def test_job_failing_in_the_worker_is_refunded(faulty_farm: Flask, base_settings: Settings) -> None:
     from api.app import create_app
 
