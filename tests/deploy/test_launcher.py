@@ -207,7 +207,7 @@ def test_launcher_runs_restarts_and_stops_its_workers(isolated_settings: Setting
         service.storage.ensure_bucket()
         params = parse_request(reference_body(num_inference_steps=20, strength=0.1), settings).params
         jobs = [service.submit(params, sample_image()) for _ in range(4)]
-        done = [service.wait(job.id, 120) for job in jobs]
+        done = [store.wait(job.id, 120) for job in jobs]
         assert [job.status for job in done] == [JobStatus.SUCCEEDED] * 4
         assert len({job.worker for job in done}) == 2
         # Each serves its own metrics, on port and port + 1.
