@@ -35,7 +35,7 @@ from shared.schema import GenerationParams
 from shared.settings import Settings
 from worker import fastpath
 from worker.fastpath import FastPath
-from worker.schedulers import make_scheduler
+from worker.schedulers import Schedulers
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class DiffusersRunner:
         self.dtype = resolve_dtype(settings.dtype, self.device)
         self.fast = FastPath.resolve(settings, self.device)
         self._pipe: StableDiffusionImg2ImgPipeline | None = None
-        self._scheduler_config: Any = None
+        self._schedulers: Schedulers | None = None
         self._device_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="runner")
         self._device_ident: int | None = None
         self.load_seconds = 0.0
@@ -155,7 +155,7 @@ class DiffusersRunner:
         pipe = pipe.to(self.device)
         pipe.set_progress_bar_config(disable=True)  # type: ignore[no-untyped-call]
         fastpath.apply(pipe, self.fast)
-        self._scheduler_config = pipe.scheduler.config
+        self._schedulers = Schedulers(pipe.scheduler.config)
         self._pipe = pipe
         self._warm_up()
         self.load_seconds = time.monotonic() - started
@@ -227,7 +227,9 @@ class DiffusersRunner:
         abandoned: threading.Event,
     ) -> list[Image.Image]:
         pipe = self.pipe
-        scheduler = make_scheduler(params.scheduler, self._scheduler_config)
+        if self._schedulers is None:
+            raise RuntimeError("the runner is not loaded")
+        scheduler = self._schedulers.make(params.scheduler)
         pipe.scheduler = fastpath.prepare_scheduler(scheduler, params.scheduler, self.fast)
         total = params.denoising_steps
 
