@@ -5,9 +5,12 @@ alternates, round by round, one reference request through the service and one ba
 ``StableDiffusionImg2ImgPipeline`` call in this process on the same tiny model and
 parameters (both with the same torch thread count), so drift hits both alike.
 
-It prints p50/p95 of each and their difference, plus the per-request overhead measured
-directly: end-to-end latency minus the pipeline time the worker reports in
-``x-generation-time``.
+It prints p50/p95 of each and their difference, the difference within each round (a
+service call and the bare call right after it, so slow drift cancels), and the
+per-request overhead measured directly: end-to-end latency minus the pipeline time the
+worker reports in ``x-generation-time``. The pipeline's own run-to-run spread (tens of
+ms) weighs on the first two; the direct figure is free of it but leaves out what the
+worker does inside that time besides the pipeline call (progress, scheduler, threads).
 
 The client is the standard library's ``http.client`` on a kept-alive connection, so the
 figures hold what the service adds, not what a client library adds: ``--client requests``
@@ -90,7 +93,7 @@ def main() -> None:
     settings = Settings(device="cpu", torch_threads=THREADS, model_dir=str(model))
     body = reference_body()
     path = "/v1/sd1.5-img2img"
-    service, bare, overhead = [], [], []
+    service, bare, overhead, paired = [], [], [], []
     with tempfile.TemporaryDirectory() as tmp, local_farm(settings, Path(tmp), threads=8) as farm:
         key, _ = KeyStore(farm.settings).create("bench", 10**12)
         # The overhead includes key checks, rate limit and charge.
@@ -122,6 +125,7 @@ def main() -> None:
             service.append(elapsed)
             overhead.append(elapsed - generation)
             bare.append(bare_call())
+            paired.append(elapsed - bare[-1])
 
     result = {
         "rounds": args.rounds,
@@ -131,11 +135,13 @@ def main() -> None:
         "bare_pipeline": summary(bare),
         "difference_p50_ms": (percentile(service, 50) - percentile(bare, 50)) * 1000,
         "difference_p95_ms": (percentile(service, 95) - percentile(bare, 95)) * 1000,
+        "difference_within_rounds": summary(paired),
         "overhead_beyond_worker_pipeline": summary(overhead),
     }
     rows = [
         ("service (end to end)", result["service"]),
         ("bare pipeline call", result["bare_pipeline"]),
+        ("service - bare, same round", result["difference_within_rounds"]),
         ("e2e - worker pipeline time", result["overhead_beyond_worker_pipeline"]),
     ]
     out = sys.stdout

@@ -40,7 +40,7 @@ from shared.settings import Settings
 from shared.storage import Storage
 from worker.batching import Member, collect_partners
 from worker.metrics import WorkerMetrics
-from worker.progress import Batch, StepReporter, StopRun
+from worker.progress import Batch, ProgressWriter, StopRun
 from worker.runner import BatchItem, Runner, StepCallback, job_items
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,11 @@ class JobExecutor:
         self.storage = storage
         self.runner = runner
         self.name = name
+        self.progress = ProgressWriter(store)
+
+    def close(self) -> None:
+        """Stop the progress thread (the process is stopping)."""
+        self.progress.close()
 
     def execute(self, job_id: str) -> None:
         claim = self.store.claim(
@@ -130,7 +135,7 @@ class JobExecutor:
         lease = self.settings.job_lease_seconds
         started = time.monotonic()
         try:
-            with StepReporter(self.store, runs, lease, batch) as progress:
+            with self.progress.call(runs, lease, batch) as progress:
                 outputs = self._generate(params, items, progress.report, calls, jobs=len(runs))
         except Exception as exc:  # noqa: BLE001 - StopRun and time limits too; _abandon logs it
             self._abandon(runs, exc)

@@ -93,6 +93,8 @@ class WorkerRuntime:
 
     def stop(self) -> None:
         self._stopped.set()
+        if self._executor is not None:
+            self._executor.close()
         try:
             self._store.mark_worker_gone(self.name)
         except Exception:

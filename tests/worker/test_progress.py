@@ -12,7 +12,7 @@ from shared.jobstore import JobStore
 from shared.schema import parse_request
 from shared.settings import Settings
 from tests.helpers import reference_body
-from worker.progress import Batch, StepReporter, StopRun
+from worker.progress import Batch, ProgressWriter, StopRun
 
 
 @dataclass
@@ -44,7 +44,8 @@ def test_steps_reach_redis_and_renew_the_lease(isolated_settings: Settings) -> N
     before = store.redis.zscore(store.key("running"), "a")
     time.sleep(0.05)
     batch = Batch("b1", ["a"])
-    with StepReporter(store, [run], lease_seconds=60, batch=batch) as progress:
+    writer = ProgressWriter(store)
+    with writer.call([run], lease_seconds=60, batch=batch) as progress:
         for step in range(1, 6):
             progress.report(step, 18)
         assert eventually(lambda: store.get("a").progress_step == 5)  # type: ignore[union-attr]
@@ -53,23 +54,32 @@ def test_steps_reach_redis_and_renew_the_lease(isolated_settings: Settings) -> N
     job = store.get("a")
     assert job is not None and job.batch_id == "b1"
     assert job.batch_started_at == pytest.approx(batch.started_at)
+    # The same thread serves the next call: no thread per call.
+    again = running_job(store, isolated_settings, "a2")
+    with writer.call([again], lease_seconds=60) as progress:
+        progress.report(3, 18)
+        assert eventually(lambda: store.get("a2").progress_step == 3)  # type: ignore[union-attr]
+    writer.close()
 
 
 def test_a_report_does_not_wait_for_redis(isolated_settings: Settings) -> None:
     unreachable = isolated_settings.replace(redis_url="redis://127.0.0.1:9/0")  # nothing listens
     run = Run("b", 1)
-    with StepReporter(JobStore(unreachable), [run], lease_seconds=60) as progress:
+    writer = ProgressWriter(JobStore(unreachable))
+    with writer.call([run], lease_seconds=60) as progress:
         started = time.perf_counter()
         for step in range(100):
             progress.report(step, 100)
         assert time.perf_counter() - started < 0.1
     assert not run.stopped  # a failed write is skipped, it stops nothing
+    writer.close()
 
 
 def test_cancel_stops_only_its_job_then_the_call(isolated_settings: Settings) -> None:
     store = JobStore(isolated_settings)
     first, second = running_job(store, isolated_settings, "c1"), running_job(store, isolated_settings, "c2")
-    with StepReporter(store, [first, second], lease_seconds=60) as progress:
+    writer = ProgressWriter(store)
+    with writer.call([first, second], lease_seconds=60) as progress:
         progress.report(1, 18)
         assert store.cancel("c1") is JobStatus.RUNNING
         progress.report(2, 18)
@@ -81,3 +91,4 @@ def test_cancel_stops_only_its_job_then_the_call(isolated_settings: Settings) ->
         assert eventually(lambda: second.stopped)
         with pytest.raises(StopRun):
             progress.report(5, 18)
+    writer.close()
