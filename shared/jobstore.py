@@ -311,7 +311,8 @@ class JobStore:
     ) -> Job:
         """Record a new queued job that nobody pays for, with no queue limit (see :meth:`submit`)."""
         job = self.submit(job_id, params, seeds, webhook=webhook, image=image).job
-        assert job is not None  # nothing refuses a job without a limit or a payer
+        if job is None:  # nothing refuses a job without a queue limit or a payer
+            raise RuntimeError(f"job {job_id} was not recorded")
         return job
 
     def submit(
@@ -594,23 +595,28 @@ class JobStore:
             if block_ms is not None:
                 pipe.xread({stream: last_id}, block=block_ms)
             pipe.hgetall(self._job_key(job_id))
-            pipe.mget([self._result_key(job_id, index) for index in range(max(images, 1))])
-            pipe.hget(self._apikey_prefix + owner, "balance")
-            *reply, data, blobs, balance = pipe.execute()
-            record = {key.decode(): value.decode() for key, value in data.items()}
+            if images:
+                pipe.mget([self._result_key(job_id, index) for index in range(images)])
+            if owner:
+                pipe.hget(self._apikey_prefix + owner, "balance")
+            replies = iter(pipe.execute())
+            streams = next(replies) if block_ms is not None else None
+            record = {key.decode(): value.decode() for key, value in next(replies).items()}
+            blobs = list(next(replies)) if images else []
+            balance = next(replies) if owner else None
             watched = Watched(
                 Job.from_hash(record) if record else None,
-                list(blobs[:images]),
-                int(balance) if owner and balance is not None else None,
+                blobs,
+                int(balance) if balance is not None else None,
             )
             if block_ms is None:
                 return watched
-            for _stream, events in reply[0] or ():
+            for _stream, events in streams or ():
                 for event_id, event in events:
                     last_id = event_id
                     if any_event or JobStatus(event[b"status"].decode()).terminal:
                         return watched
-            if not reply[0] and watched.job is None:  # nothing happened, and no such job
+            if not streams and watched.job is None:  # nothing happened, and no such job
                 return watched
 
     # -- webhooks -------------------------------------------------------------
