@@ -365,11 +365,9 @@ class JobStore:
         ]
         for name, value in fields.items():
             args += [name, value]
-        outcome, balance = self._submit(keys=keys, args=args)
-        submitted = Submitted(outcome.decode(), int(balance))
-        if submitted.queued:
-            return Submitted(submitted.outcome, submitted.balance_milli, Job.from_hash(fields))
-        return submitted
+        reply, balance = self._submit(keys=keys, args=args)
+        outcome = reply.decode()
+        return Submitted(outcome, int(balance), Job.from_hash(fields) if outcome == "queued" else None)
 
     def _shape_key(self, shape: str) -> str:
         return self.key("shape", shape)

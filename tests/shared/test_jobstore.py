@@ -147,12 +147,17 @@ def test_a_watch_returns_the_ended_job_with_its_images_and_balance(isolated_sett
     assert store.submit("w", params, [1, 2], owner=payer.id, cost_milli=1_000).queued
     attempt = store.claim("w", "w1", 30, 3).attempt
 
+    succeeded: list[bool] = []
+
     def finish() -> None:
         time.sleep(0.2)
-        assert store.succeed("w", attempt, KEYS, IMAGES, 0.1, 30)
+        succeeded.append(store.succeed("w", attempt, KEYS, IMAGES, 0.1, 30))
 
-    threading.Thread(target=finish).start()
+    finisher = threading.Thread(target=finish)
+    finisher.start()
     watched = store.watch("w", 10, images=2, owner=payer.id)
+    finisher.join()
+    assert succeeded == [True]
     assert watched.job is not None and watched.job.status is JobStatus.SUCCEEDED
     assert watched.images == IMAGES and watched.balance_milli == 4_000
     early = store.watch("w", 0, images=1)  # no time left: the job as it stands
