@@ -116,7 +116,7 @@ class FarmCollector(Collector):
             value=float(self._service.store.pending_uploads()),
         )
 
-        window = settings.worker_heartbeat_seconds * 3
+        window = settings.worker_fresh_seconds
         ready = len(self._service.store.ready_workers(max_age=window))
         yield GaugeMetricFamily("img2img_workers_ready", "Workers with a loaded model", value=float(ready))
 

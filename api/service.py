@@ -7,7 +7,9 @@ import json
 import logging
 import secrets
 from dataclasses import replace
+from typing import assert_never
 
+import redis
 from celery import Celery
 from kombu.exceptions import KombuError
 
@@ -18,11 +20,13 @@ from shared.errors import (
     InvalidInput,
     NotEnoughCredits,
     NotFound,
+    ServiceError,
+    Unauthorized,
     Unavailable,
 )
 from shared.images import check_image_bytes
 from shared.jobs import Job, input_key, new_job_id
-from shared.jobstore import JobStore, Watched
+from shared.jobstore import Idempotency, JobStore, SubmitOutcome, Submitted, Watched
 from shared.keys import KeyStore
 from shared.pricing import format_credits, job_cost_milli
 from shared.schema import RANDOM_SEED, GenerationParams
@@ -43,6 +47,27 @@ def _fingerprint(params: GenerationParams, image: bytes, webhook: str | None) ->
     digest.update(b"\0" + (webhook or "").encode() + b"\0")
     digest.update(image)
     return digest.hexdigest()
+
+
+def _refusal(submitted: Submitted, cost: int) -> ServiceError:
+    """The client's error for a submit the job store refused."""
+    match submitted.outcome:
+        case SubmitOutcome.FULL:
+            return Unavailable("the queue is full; try again later", retry_after=_QUEUE_FULL_RETRY_SECONDS)
+        case SubmitOutcome.CREDITS:
+            return NotEnoughCredits(
+                f"not enough credits: this job costs {format_credits(cost)}",
+                balance=format_credits(submitted.balance_milli),
+                cost=format_credits(cost),
+            )
+        case SubmitOutcome.REVOKED:
+            return Unauthorized("missing, unknown or revoked API key")
+        case SubmitOutcome.SUPERSEDED:
+            return Unavailable("a retry with this Idempotency-Key has taken it over; retry")
+        case SubmitOutcome.QUEUED:
+            raise RuntimeError("a queued job was reported without its record")
+        case _:
+            assert_never(submitted.outcome)
 
 
 # Random seeds stay below 2**32 so they are easy to read and paste back.
@@ -75,30 +100,46 @@ class JobService:
         idempotency_key: str | None = None,
         owner: str | None = None,
     ) -> Job:
-        """Accept a job once: with an ``idempotency_key`` the same body returns the same job."""
+        """Accept a job once: with an ``idempotency_key`` the same body returns the same job.
+
+        The key is bound to a job id before the job is recorded, and the submit script
+        records the job only while the key is still bound to it, so at most one job is ever
+        recorded (and charged) per key. A refused submit frees the key; an ambiguous one (Redis
+        failed, perhaps after the job was recorded) keeps it, and the retry finds the job. A
+        retry that finds the key bound to a job that was never recorded takes the key over."""
         job_id = new_job_id()
         if idempotency_key is None:
             return self._enqueue(job_id, params, image, webhook, owner)
-        fingerprint = _fingerprint(params, image, webhook)
+        idempotency = Idempotency(f"{owner or ''}:{idempotency_key}", _fingerprint(params, image, webhook))
         owner_fp, owner_job = self.store.claim_idempotency_key(
-            f"{owner or ''}:{idempotency_key}", fingerprint, job_id, self.settings.idempotency_ttl_seconds
+            idempotency, job_id, self.settings.idempotency_ttl_seconds
         )
-        if owner_fp != fingerprint:
+        if owner_fp != idempotency.fingerprint:
             raise IdempotencyMismatch("Idempotency-Key was already used with a different body")
         if owner_job != job_id:
-            log.info("job %s: returned again for its idempotency key", owner_job)
             job = self.store.wait(owner_job, _CLAIM_WAIT_SECONDS, any_event=True)
-            if job is None:
+            if job is not None:
+                log.info("job %s: returned again for its idempotency key", owner_job)
+                return job
+            if not self.store.rebind_idempotency_key(idempotency, owner_job, job_id):
                 raise Unavailable("the job for this Idempotency-Key is still being accepted; retry")
-            return job
+            log.warning("job %s: never recorded; its idempotency key now names job %s", owner_job, job_id)
         try:
-            return self._enqueue(job_id, params, image, webhook, owner)
+            return self._enqueue(job_id, params, image, webhook, owner, idempotency)
+        except redis.RedisError:
+            raise  # the job may have been recorded: the key stays bound for the retry to find it
         except Exception:
-            self.store.release_idempotency_key(f"{owner or ''}:{idempotency_key}", job_id)
+            self.store.release_idempotency_key(idempotency, job_id)
             raise
 
     def _enqueue(
-        self, job_id: str, params: GenerationParams, image: bytes, webhook: str | None, owner: str | None
+        self,
+        job_id: str,
+        params: GenerationParams,
+        image: bytes,
+        webhook: str | None,
+        owner: str | None,
+        idempotency: Idempotency | None = None,
     ) -> Job:
         """Record the job, charged to ``owner``, with a Redis copy of its input, in one step
         that refuses it when the queue is full or the key cannot pay; enqueue it (the queue
@@ -119,20 +160,15 @@ class JobService:
             cost_milli=cost,
             image=image,
             max_queue_depth=self.settings.max_queue_depth,
+            idempotency=idempotency,
         )
-        if submitted.outcome == "full":
-            raise Unavailable("the queue is full; try again later", retry_after=_QUEUE_FULL_RETRY_SECONDS)
         if submitted.job is None:
-            raise NotEnoughCredits(
-                f"not enough credits: this job costs {format_credits(cost)}",
-                balance=format_credits(submitted.balance_milli),
-                cost=format_credits(cost),
-            )
+            raise _refusal(submitted, cost)
         try:
             self.celery.send_task(RUN_JOB_TASK, args=[job_id], queue=self.settings.queue_name)
         except (KombuError, OSError) as exc:
             log.error("job %s: cannot enqueue: %s", job_id, exc)
-            self.store.fail(job_id, "the queue is unavailable")  # refunds the charge
+            self.store.fail_queued(job_id, "the queue is unavailable")  # refunds the charge
             raise Unavailable("the queue is unavailable; try again") from exc
         self._check_decodes(job_id, image)
         self._store_input(job_id, image)
@@ -214,7 +250,7 @@ class JobService:
         average = self.store.average_run_seconds()
         if average is None:
             return position, None
-        window = self.settings.worker_heartbeat_seconds * 3
+        window = self.settings.worker_fresh_seconds
         workers = max(1, len(self.store.ready_workers(max_age=window)))
         return position, round((position + 1) * average / workers, 2)
 
@@ -243,7 +279,7 @@ class JobService:
         checks = {"redis": False, "storage": False, "workers": False}
         try:
             checks["redis"] = self.store.ping()
-            window = self.settings.worker_heartbeat_seconds * 3
+            window = self.settings.worker_fresh_seconds
             checks["workers"] = bool(self.store.ready_workers(max_age=window))
         except Exception:
             log.warning("readiness: redis check failed", exc_info=True)

@@ -155,7 +155,7 @@ class Bench:
             model_dir=str(self.model),
             device="cuda" if self.cuda else "cpu",
             torch_threads=0 if self.cuda else CPU_THREADS,
-            warmup_samples=(1,),
+            warmup_images=(1,),
             load_timeout_seconds=3600.0,
         )
         if self.args.compile_mode:

@@ -26,10 +26,16 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         "task_acks_on_failure_or_timeout": True,
         "worker_prefetch_multiplier": 1,
-        "worker_cancel_long_running_tasks_on_connection_loss": True,
-        # On SIGTERM, keep running the current job this long before requeueing it.
+        # A broker blip must not kill the pool process that holds the model (and its
+        # compiled graphs): the running job goes on, and its final transition is fenced.
+        # Its late acknowledgement is lost with the old connection, so the message comes
+        # back after the visibility timeout, and its claim finds the job finished.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        # SIGTERM (warm shutdown) lets the running job finish. On a cold shutdown (SIGQUIT,
+        # or a second SIGTERM/SIGINT) keep running it this long before requeueing it; an
+        # idle worker stops at once.
         "worker_soft_shutdown_timeout": settings.worker_soft_shutdown_seconds,
-        "worker_enable_soft_shutdown_on_idle": True,
+        "worker_enable_soft_shutdown_on_idle": False,
         "task_soft_time_limit": settings.task_soft_time_limit,
         "task_time_limit": settings.task_time_limit,
         "task_ignore_result": True,

@@ -3,13 +3,16 @@
 Each job is a hash ``{prefix}:job:{id}`` plus an event stream ``{prefix}:job:{id}:events``.
 Every status change is one Lua script: it checks the current status against the states
 the change may start from, writes the new fields and appends an event, so a transition
-repeated by a redelivered task is a no-op. Waiters block on the stream with ``XREAD``
+repeated by a redelivered task is a no-op. Every script is also safe to run twice with the
+same arguments: the Redis client retries a call whose connection failed, and a call whose
+reply was lost may have run already. Waiters block on the stream with ``XREAD``
 (no polling); reading from the start of the stream means an event that happened before
 the waiter arrived is never missed.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import time
@@ -45,12 +48,18 @@ return 1
 """
 )
 
-# KEYS: queued set, job hash, event stream, stats, shape list, input copy, API-key hash.
-# ARGV: queue limit (0: none), cost (-1: nobody pays), ttl, id, created at, shape-list cap,
-# input image ('' for none), fields... Records a queued job only if the queue has room and
-# its key can pay, charging the key in the same step: {'queued', balance after the charge},
-# or {'full' | 'credits' | 'revoked', balance}.
+# KEYS: queued set, job hash, event stream, stats, shape list, input copy, API-key hash,
+# orphan-check set, idempotency key. ARGV: queue limit (0: none), cost (-1: nobody pays),
+# ttl, id, created at, shape-list cap, input image ('' for none), the idempotency key's
+# expected value ('' for none), fields... Records a queued job only if the queue has room,
+# its key can pay and (with an idempotency key) the key is still bound to this job, charging
+# the key in the same step: {'queued', balance after the charge}, or {'full' | 'credits' |
+# 'revoked' | 'superseded', balance}. A job already recorded is left as it is.
 _SUBMIT = """
+if redis.call('EXISTS', KEYS[2]) == 1 then -- a repeated call (its first reply was lost)
+  return {'queued', tonumber(redis.call('HGET', KEYS[7], 'balance') or '0')}
+end
+if ARGV[8] ~= '' and redis.call('GET', KEYS[9]) ~= ARGV[8] then return {'superseded', 0} end
 local limit = tonumber(ARGV[1])
 if limit > 0 and redis.call('ZCARD', KEYS[1]) >= limit then return {'full', 0} end
 local balance = 0
@@ -64,7 +73,8 @@ if cost >= 0 then
   balance = redis.call('HINCRBY', KEYS[7], 'balance', -cost)
 end
 redis.call('ZADD', KEYS[1], ARGV[5], ARGV[4])
-redis.call('HSET', KEYS[2], unpack(ARGV, 8))
+redis.call('ZADD', KEYS[8], ARGV[5], ARGV[4])
+redis.call('HSET', KEYS[2], unpack(ARGV, 9))
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', 64, '*', 'status', 'queued')
 redis.call('EXPIRE', KEYS[3], ARGV[3])
@@ -76,9 +86,12 @@ redis.call('EXPIRE', KEYS[5], ARGV[3])
 return {'queued', balance}
 """
 
-# KEYS: job hash, event stream, queued set, running set. ARGV: allowed statuses, new status, ttl, id,
-# API-key hash prefix, fields... A failed job, or one canceled before it ran, gets its
-# charge back in the same step, once: ``refunded`` is set with HSETNX.
+# KEYS: job hash, event stream, queued set, running set, orphan-check set. ARGV: allowed
+# statuses, new status, ttl, id, API-key hash prefix, attempt ('': any), fields... A move
+# from ``running`` with an attempt happens only while that attempt owns the job, so a worker
+# whose lease was taken over cannot end the job another worker runs. A failed job, or one
+# canceled before it ran, gets its charge back in the same step, once: ``refunded`` is set
+# with HSETNX.
 _TRANSITION = (
     """
 local current = redis.call('HGET', KEYS[1], 'status')
@@ -88,9 +101,12 @@ for s in string.gmatch(ARGV[1], '%S+') do
   if s == current then allowed = true end
 end
 if not allowed then return {0, current} end
-redis.call('HSET', KEYS[1], 'status', ARGV[2], unpack(ARGV, 6))
+if ARGV[6] ~= '' and current == 'running' and redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[6] then
+  return {0, 'another attempt'}
+end
+redis.call('HSET', KEYS[1], 'status', ARGV[2], unpack(ARGV, 7))
 if ARGV[2] == 'running' then redis.call('HINCRBY', KEYS[1], 'attempts', 1) end
-if current == 'queued' then redis.call('ZREM', KEYS[3], ARGV[4]) end
+if current == 'queued' then redis.call('ZREM', KEYS[3], ARGV[4]); redis.call('ZREM', KEYS[5], ARGV[4]) end
 if current == 'running' then redis.call('ZREM', KEYS[4], ARGV[4]) end
 if ARGV[2] == 'failed' or (ARGV[2] == 'canceled' and current == 'queued') then
 """
@@ -117,21 +133,31 @@ if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then return 1 end
 return 0
 """
 
-# KEYS: job hash, event stream, queued set, running set, stats, input copy. ARGV: worker,
-# lease seconds, max attempts, ttl, API-key hash prefix (for the refund when attempts run
-# out), id, shape-list prefix. Starts a queued job, or takes over a running one whose lease
-# lapsed (its worker died); a started job leaves its shape's list of batching candidates.
-# Returns {outcome, attempt or seconds, and when started: job fields, queued jobs left and
-# the input copy (false once expired)}: started, busy (lease held), exhausted, missing,
-# upload (succeeded, outputs not yet in S3), or the final status.
+# KEYS: job hash, event stream, queued set, running set, stats, input copy, orphan-check
+# set, uploads set. ARGV: worker, lease seconds, max attempts, ttl, API-key hash prefix (for
+# the refund when attempts run out), id, shape-list prefix. Starts a queued job, or takes
+# over a running one whose lease lapsed (its worker died); a started job leaves its shape's
+# list of batching candidates. A job whose record has expired leaves every set, so the
+# sweeper stops handing it out. Returns {outcome, attempt or seconds, and when started: job
+# fields, queued jobs left and the input copy (false once expired)}: started (to the worker
+# holding the lease too, as the same start), busy (lease held), exhausted, missing, upload
+# (succeeded, outputs not yet in S3), or the final status.
 _CLAIM_JOB = (
     """
 local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return {'missing', 0} end
+if not status then
+  for _, set in ipairs({KEYS[3], KEYS[4], KEYS[7], KEYS[8]}) do redis.call('ZREM', set, ARGV[6]) end
+  return {'missing', 0}
+end
 local now = redis.call('TIME')
 local t = tonumber(now[1]) + tonumber(now[2]) / 1e6
 if status == 'running' then
   local lease = tonumber(redis.call('ZSCORE', KEYS[4], ARGV[6]) or '0')
+  if lease > t and redis.call('HGET', KEYS[1], 'worker') == ARGV[1] then
+    -- this worker's own claim, repeated (its first reply was lost): the same start again
+    return {'started', tonumber(redis.call('HGET', KEYS[1], 'attempts')), redis.call('HGETALL', KEYS[1]),
+      redis.call('ZCARD', KEYS[3]), redis.call('GET', KEYS[6])}
+  end
   if lease > t then return {'busy', tostring(lease - t)} end
 elseif status == 'succeeded' and redis.call('HGET', KEYS[1], 'upload_pending') == '1' then
   return {'upload', 0}
@@ -140,6 +166,7 @@ elseif status ~= 'queued' then
 end
 local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('ZREM', KEYS[3], ARGV[6])
+redis.call('ZREM', KEYS[7], ARGV[6])
 if attempt > tonumber(ARGV[3]) then
   redis.call('ZREM', KEYS[4], ARGV[6])
   redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', tostring(t),
@@ -168,13 +195,16 @@ return {'started', attempt, redis.call('HGETALL', KEYS[1]), redis.call('ZCARD', 
 # KEYS: job hash, event stream, running set, uploads set, stats, result keys...
 # ARGV: attempt, ttl, id, outputs (JSON), generation time, finished at, upload deadline,
 # counters ("name amount ..."), images... running -> succeeded for this attempt only (a
-# worker that lost its lease writes nothing). The images are kept in Redis, without the
+# worker that lost its lease writes nothing); 1 again for a job this attempt has already
+# succeeded. The images are kept in Redis, without the
 # short cache expiry, until :meth:`JobStore.uploaded` says S3 holds them; the uploads set
 # lets the sweeper finish an upload whose worker died. The counters are added to the
 # stats hash in the same step, so they are up to date when a client sees the job end.
 _SUCCEED = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
+local status = redis.call('HGET', KEYS[1], 'status')
 if redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[1] then return 0 end
+if status == 'succeeded' then return 1 end -- this attempt's own success, repeated
+if status ~= 'running' then return 0 end
 for i = 6, #KEYS do redis.call('SET', KEYS[i], ARGV[3 + i], 'EX', ARGV[2]) end
 local name = nil
 for word in string.gmatch(ARGV[8], '%S+') do
@@ -199,6 +229,21 @@ if current == 'running' then redis.call('HSET', KEYS[1], 'cancel_requested', '1'
 return current
 """
 
+# KEYS: job hash. ARGV: webhook state. Records how a job's webhook ended, once, on a job
+# that still exists (HSETNX alone would recreate an expired hash with no expiry).
+_SET_WEBHOOK_STATE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+return redis.call('HSETNX', KEYS[1], 'webhook_state', ARGV[1])
+"""
+
+# KEYS: idempotency key. ARGV: expected value, new value ('': delete). Compare and swap,
+# keeping the key's expiry.
+_SWAP_IDEMPOTENCY = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] == '' then redis.call('DEL', KEYS[1]) else redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL') end
+return 1
+"""
+
 # Claims an idempotency key for a job; returns the job id that owns it and its fingerprint.
 _CLAIM = """
 local ok = redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. ARGV[2], 'NX', 'EX', ARGV[3])
@@ -209,17 +254,35 @@ return {string.sub(value, 1, space - 1), string.sub(value, space + 1)}
 """
 
 
+class SubmitOutcome(enum.StrEnum):
+    """What :meth:`JobStore.submit` decided."""
+
+    QUEUED = "queued"
+    FULL = "full"  # the queue limit is reached
+    CREDITS = "credits"  # the key cannot pay
+    REVOKED = "revoked"  # the key was revoked (or deleted) since it was checked
+    SUPERSEDED = "superseded"  # the idempotency key was taken over by a retry
+
+
 @dataclass(frozen=True)
 class Submitted:
     """What :meth:`JobStore.submit` decided: the job recorded, or why not."""
 
-    outcome: str  # queued, full (queue limit reached), credits (cannot pay), revoked (no key)
+    outcome: SubmitOutcome
     balance_milli: int  # the paying key's balance after the charge (or that fell short)
     job: Job | None = None  # the record, when queued
 
-    @property
-    def queued(self) -> bool:
-        return self.outcome == "queued"
+
+@dataclass(frozen=True)
+class Idempotency:
+    """An idempotency key (already scoped to its owner) and the body fingerprint bound to it."""
+
+    key: str
+    fingerprint: str
+
+    def value(self, job_id: str) -> str:
+        """What the key holds while it is bound to ``job_id``."""
+        return f"{self.fingerprint} {job_id}"
 
 
 @dataclass(frozen=True)
@@ -231,17 +294,33 @@ class Watched:
     balance_milli: int | None  # its owner's balance, when an owner was named
 
 
+class ClaimOutcome(enum.StrEnum):
+    """What :meth:`JobStore.claim` decided."""
+
+    STARTED = "started"  # run it, as ``Claim.attempt``
+    BUSY = "busy"  # another worker holds its lease
+    EXHAUSTED = "exhausted"  # its workers died too often: failed (and refunded) now
+    MISSING = "missing"  # no such job (it expired)
+    UPLOAD = "upload"  # succeeded; its outputs are still to be written to S3
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
 @dataclass(frozen=True)
 class Claim:
     """What :meth:`JobStore.claim` decided: run it (as ``attempt``) or why not."""
 
-    started: bool
-    attempt: int = 0
-    outcome: str = "started"
+    outcome: ClaimOutcome
+    attempt: int = 0  # the attempt started; with EXHAUSTED, the starts it had
     wait_seconds: float = 0.0
     job: Job | None = None  # the record as the claim left it, when started
     queued: int = 0  # jobs still queued after this one was taken, when started
     image: bytes | None = None  # the Redis copy of the input, when started and still kept
+
+    @property
+    def started(self) -> bool:
+        return self.outcome is ClaimOutcome.STARTED
 
 
 # Longest a per-shape list of batching candidates may grow.
@@ -278,6 +357,8 @@ class JobStore:
         self._claim = self._redis.register_script(_CLAIM)
         self._claim_job = self._blobs.register_script(_CLAIM_JOB)  # returns the input's bytes
         self._refund = self._redis.register_script(_REFUND)
+        self._set_webhook_state = self._redis.register_script(_SET_WEBHOOK_STATE)
+        self._swap_idempotency = self._redis.register_script(_SWAP_IDEMPOTENCY)
         self._apikey_prefix = f"{self._prefix}:apikey:"
 
     @property
@@ -325,11 +406,13 @@ class JobStore:
         cost_milli: int = 0,
         image: bytes | None = None,
         max_queue_depth: int = 0,
+        idempotency: Idempotency | None = None,
     ) -> Submitted:
         """Record a new queued job in one step, unless the queue already holds
-        ``max_queue_depth`` jobs (0: no limit) or ``owner``'s key cannot pay ``cost_milli``:
-        the charge, its place in the queue and its shape list and, with ``image``, a copy of
-        its input for the worker (kept until :meth:`input_stored`)."""
+        ``max_queue_depth`` jobs (0: no limit), ``owner``'s key cannot pay ``cost_milli`` or
+        the ``idempotency`` key is no longer bound to this job: the charge, its place in the
+        queue and its shape list and, with ``image``, a copy of its input for the worker
+        (kept until :meth:`input_stored`)."""
         now = time.time()
         fields: dict[str, str] = {
             "id": job_id,
@@ -353,6 +436,8 @@ class JobStore:
             self._shape_key(fields["shape"]),
             self._input_key(job_id),
             self._apikey_prefix + owner,
+            self.key("sent"),
+            self._idempotency_key(idempotency.key if idempotency else ""),
         ]
         args: list[bytes | str | int] = [
             max_queue_depth,
@@ -362,12 +447,14 @@ class JobStore:
             repr(now),
             _SHAPE_LIST_CAP,  # ids of jobs that ran alone never pile up
             image if image is not None else "",
+            idempotency.value(job_id) if idempotency else "",
         ]
         for name, value in fields.items():
             args += [name, value]
         reply, balance = self._submit(keys=keys, args=args)
-        outcome = reply.decode()
-        return Submitted(outcome, int(balance), Job.from_hash(fields) if outcome == "queued" else None)
+        outcome = SubmitOutcome(reply.decode())
+        job = Job.from_hash(fields) if outcome is SubmitOutcome.QUEUED else None
+        return Submitted(outcome, int(balance), job)
 
     def _shape_key(self, shape: str) -> str:
         return self.key("shape", shape)
@@ -409,6 +496,8 @@ class JobStore:
                 self.key("running"),
                 self.key("stats"),
                 self._input_key(job_id),
+                self.key("sent"),
+                self.key("uploads"),
             ],
             args=[
                 worker,
@@ -420,12 +509,14 @@ class JobStore:
                 self._shape_key(""),
             ],
         )
-        outcome, value = reply[0].decode(), reply[1]
-        if outcome == "started":
+        outcome, value = ClaimOutcome(reply[0].decode()), reply[1]
+        if outcome is ClaimOutcome.STARTED:
             flat = [item.decode() for item in reply[2]]
             job = Job.from_hash(dict(zip(flat[::2], flat[1::2], strict=True)))
-            return Claim(True, attempt=int(value), job=job, queued=int(reply[3]), image=reply[4])
-        return Claim(False, outcome=outcome, wait_seconds=float(value) if outcome == "busy" else 0.0)
+            return Claim(outcome, attempt=int(value), job=job, queued=int(reply[3]), image=reply[4])
+        if outcome is ClaimOutcome.BUSY:
+            return Claim(outcome, wait_seconds=float(value))
+        return Claim(outcome, attempt=int(value) if outcome is ClaimOutcome.EXHAUSTED else 0)
 
     def progress(
         self, job_id: str, step: int, total: int, attempt: int = 0, lease_seconds: float = 3600
@@ -451,6 +542,21 @@ class JobStore:
         return cast(
             list[str], self._redis.zrangebyscore(self.key("queued"), "-inf", time.time() - older_than)
         )
+
+    def unclaimed_since(self, seconds: float, limit: int = 10_000) -> list[str]:
+        """Queued jobs whose message was sent (or last seen in the broker) more than
+        ``seconds`` ago and that no worker has claimed since: their message may be lost."""
+        return cast(
+            list[str],
+            self._redis.zrangebyscore(self.key("sent"), "-inf", time.time() - seconds, start=0, num=limit),
+        )
+
+    def mark_sent(self, job_ids: Sequence[str]) -> None:
+        """The messages of ``job_ids`` are in flight now (sent again, or seen in the broker);
+        jobs claimed meanwhile are left out."""
+        if job_ids:
+            now = time.time()
+            self._redis.zadd(self.key("sent"), dict.fromkeys(job_ids, now), xx=True)
 
     def try_lock(self, name: str, seconds: float) -> bool:
         """A farm-wide lock that lapses by itself (e.g. one sweeper per interval)."""
@@ -503,6 +609,7 @@ class JobStore:
             job_id,
             (JobStatus.QUEUED,),
             JobStatus.CANCELED,
+            None,
             error="canceled",
             finished_at=repr(time.time()),
         ):
@@ -510,12 +617,13 @@ class JobStore:
         current = self._request_cancel(keys=[self._job_key(job_id)])
         return JobStatus(current) if current else None
 
-    def finish_canceled(self, job_id: str) -> bool:
-        """running -> canceled, once the worker has stopped."""
+    def finish_canceled(self, job_id: str, attempt: int) -> bool:
+        """running -> canceled, once the worker of ``attempt`` has stopped."""
         return self._move(
             job_id,
             (JobStatus.RUNNING,),
             JobStatus.CANCELED,
+            attempt,
             error="canceled",
             finished_at=repr(time.time()),
         )
@@ -525,32 +633,49 @@ class JobStore:
         self._refund(keys=[self._job_key(job_id)], args=[0, 0, 0, 0, self._apikey_prefix])
 
     def fail_queued(self, job_id: str, error: str) -> bool:
-        """queued -> failed (and refunded); a job that has started already is left running."""
+        """queued -> failed (and refunded), by the gateway or the sweeper; a job that has
+        started already is left to its worker."""
         return self._move(
-            job_id, (JobStatus.QUEUED,), JobStatus.FAILED, error=error, finished_at=repr(time.time())
+            job_id, (JobStatus.QUEUED,), JobStatus.FAILED, None, error=error, finished_at=repr(time.time())
         )
 
-    def fail(self, job_id: str, error: str) -> bool:
-        """queued or running -> failed with a message the client sees."""
+    def fail(self, job_id: str, attempt: int, error: str) -> bool:
+        """running -> failed (and refunded) with a message the client sees, while ``attempt``
+        owns the job: a worker whose lease was taken over leaves the job to its new owner."""
         return self._move(
             job_id,
-            (JobStatus.QUEUED, JobStatus.RUNNING),
+            (JobStatus.RUNNING,),
             JobStatus.FAILED,
+            attempt,
             error=error,
             finished_at=repr(time.time()),
         )
 
-    def _move(self, job_id: str, allowed: Iterable[JobStatus], new: JobStatus, **fields: str) -> bool:
+    def _move(
+        self,
+        job_id: str,
+        allowed: Iterable[JobStatus],
+        new: JobStatus,
+        attempt: int | None = None,
+        **fields: str,
+    ) -> bool:
         args: list[str] = [
             " ".join(s.value for s in allowed),
             new.value,
             str(self._ttl),
             job_id,
             self._apikey_prefix,
+            "" if attempt is None else str(attempt),
         ]
         for name, value in fields.items():
             args += [name, value]
-        keys = [self._job_key(job_id), self._events_key(job_id), self.key("queued"), self.key("running")]
+        keys = [
+            self._job_key(job_id),
+            self._events_key(job_id),
+            self.key("queued"),
+            self.key("running"),
+            self.key("sent"),
+        ]
         moved, previous = self._transition(keys=keys, args=args)
         if not moved:
             log.info("job %s: not moved to %s (status %r)", job_id, new.value, previous)
@@ -623,21 +748,36 @@ class JobStore:
         return cast(str | None, self._redis.hget(self._job_key(job_id), "webhook_state"))
 
     def set_webhook_state(self, job_id: str, state: str) -> None:
-        """``delivered`` or ``failed: ...``; only a job that still exists gets it."""
-        self._redis.hsetnx(self._job_key(job_id), "webhook_state", state)
+        """``delivered`` or ``failed: ...``, once; a job that has expired meanwhile stays gone."""
+        self._set_webhook_state(keys=[self._job_key(job_id)], args=[state])
 
     # -- idempotency ----------------------------------------------------------
 
-    def claim_idempotency_key(self, key: str, fingerprint: str, job_id: str, ttl: int) -> tuple[str, str]:
-        """Bind ``key`` to ``job_id`` unless already bound; return the (fingerprint, job id) bound."""
-        owner_fp, owner_job = self._claim(keys=[self.key("idem", key)], args=[fingerprint, job_id, ttl])
+    def claim_idempotency_key(self, idempotency: Idempotency, job_id: str, ttl: int) -> tuple[str, str]:
+        """Bind the key to ``job_id`` unless already bound; return the (fingerprint, job id) bound."""
+        owner_fp, owner_job = self._claim(
+            keys=[self._idempotency_key(idempotency.key)], args=[idempotency.fingerprint, job_id, ttl]
+        )
         return str(owner_fp), str(owner_job)
 
-    def release_idempotency_key(self, key: str, job_id: str) -> None:
-        """Free ``key`` if ``job_id`` holds it (its submission failed before it was queued)."""
-        value = cast(str | None, self._redis.get(self.key("idem", key)))
-        if value is not None and value.endswith(" " + job_id):
-            self._redis.delete(self.key("idem", key))
+    def release_idempotency_key(self, idempotency: Idempotency, job_id: str) -> None:
+        """Free the key if ``job_id`` holds it (its submission was refused before it was queued)."""
+        self._swap_idempotency(
+            keys=[self._idempotency_key(idempotency.key)], args=[idempotency.value(job_id), ""]
+        )
+
+    def rebind_idempotency_key(self, idempotency: Idempotency, old_job: str, new_job: str) -> bool:
+        """Bind the key to ``new_job`` if it is still bound to ``old_job`` (a job that was never
+        recorded); :meth:`submit` then refuses ``old_job``, so one job at most is recorded."""
+        return bool(
+            self._swap_idempotency(
+                keys=[self._idempotency_key(idempotency.key)],
+                args=[idempotency.value(old_job), idempotency.value(new_job)],
+            )
+        )
+
+    def _idempotency_key(self, key: str) -> str:
+        return self.key("idem", key)
 
     # -- images in Redis ------------------------------------------------------
 
@@ -694,8 +834,14 @@ class JobStore:
 
     # -- workers --------------------------------------------------------------
 
-    def mark_worker_ready(self, name: str) -> None:
-        self._redis.zadd(self.key("workers"), {name: time.time()})
+    def mark_worker_ready(self, name: str, forget_after: float) -> None:
+        """A heartbeat of worker ``name``; workers silent for ``forget_after`` seconds (killed
+        processes that never said goodbye) leave the set."""
+        now = time.time()
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zadd(self.key("workers"), {name: now})
+        pipe.zremrangebyscore(self.key("workers"), "-inf", now - forget_after)
+        pipe.execute()
 
     def mark_worker_gone(self, name: str) -> None:
         self._redis.zrem(self.key("workers"), name)

@@ -11,10 +11,15 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.errors import InvalidInput
-from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
+
+# Most samples one request may ask for: the largest batch a single job makes.
+MAX_SAMPLES = 4
 
 SCHEDULERS: tuple[str, ...] = (
     "DDIM",
@@ -73,7 +78,9 @@ def fields(settings: Settings) -> tuple[FieldSpec, ...]:
         FieldSpec("image", "string", "Input image: base64 (raw or data URI).", required=True),
         FieldSpec("prompt", "string", "What to draw.", required=True, maximum=settings.max_prompt_chars),
         FieldSpec("negative_prompt", "string", "What to avoid.", maximum=settings.max_prompt_chars),
-        FieldSpec("samples", "integer", "Images to make in one batch.", default=1, minimum=1, maximum=4),
+        FieldSpec(
+            "samples", "integer", "Images to make in one batch.", default=1, minimum=1, maximum=MAX_SAMPLES
+        ),
         FieldSpec("scheduler", "string", "Sampler.", default="DDIM", enum=SCHEDULERS),
         FieldSpec(
             "num_inference_steps",

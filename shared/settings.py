@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from shared.schema import MAX_SAMPLES
+
 
 class SettingsError(ValueError):
     """A setting in the environment has a value that cannot be used."""
@@ -91,7 +93,11 @@ class Settings:
     job_lease_seconds: float = 30.0
     max_job_attempts: int = 3
     sweep_interval_seconds: float = 5.0
+    # A queued job whose message is in neither the queue nor a worker this long after it was
+    # sent (or last seen there) is sent again (worker/sweeper.py).
+    orphan_after_seconds: float = 30.0
     queued_deadline_seconds: int = 6 * 3600
+    # A worker whose model is not loaded (and warm) this long after it started exits non-zero.
     load_timeout_seconds: float = 900.0
     # Cross-request batching (worker/batching.py): queued jobs of one shape share a pipeline
     # call of at most this many images; a job waits at most BATCH_WAIT_MS for partners.
@@ -110,7 +116,9 @@ class Settings:
     compile_mode: str = "auto"  # auto: max-autotune on CUDA, default on CPU
     compile_backend: str = "inductor"
     warmup: str = "auto"  # auto: full when compiling, basic otherwise; full, cfg, basic, off
-    warmup_samples: tuple[int, ...] = (1, 2, 3, 4)
+    # Images per pipeline call a compiled warm-up covers (empty: every count up to the
+    # largest call); calls are cut to these sizes so that no request compiles.
+    warmup_images: tuple[int, ...] = ()
 
     # Gateway under gunicorn (deploy/gunicorn.conf.py): each thread holds one waiting request.
     gateway_workers: int = 2
@@ -156,16 +164,28 @@ class Settings:
             raise SettingsError("COMPILE_BACKEND must name a torch.compile backend")
         if self.warmup not in ("auto", "full", "cfg", "basic", "off"):
             raise SettingsError("WARMUP must be auto, full, cfg, basic or off")
-        if not self.warmup_samples or not all(1 <= n <= 4 for n in self.warmup_samples):
-            raise SettingsError("WARMUP_SAMPLES must list sample counts between 1 and 4")
+        if not all(1 <= n <= self.largest_call for n in self.warmup_images):
+            raise SettingsError("WARMUP_IMAGES must list image counts between 1 and the largest call")
         if self.image_url_connect_timeout <= 0 or self.image_url_timeout <= 0:
             raise SettingsError("IMAGE_URL_CONNECT_TIMEOUT and IMAGE_URL_TIMEOUT must be positive")
+        if self.orphan_after_seconds <= 0 or self.load_timeout_seconds <= 0:
+            raise SettingsError("ORPHAN_AFTER_SECONDS and LOAD_TIMEOUT_SECONDS must be positive")
         if self.batch_max_images < 1:
             raise SettingsError("BATCH_MAX_IMAGES must be at least 1 (1 turns batching off)")
         if not 0 <= self.batch_wait_ms <= 10_000:
             raise SettingsError("BATCH_WAIT_MS must be between 0 and 10000")
         if self.image_url_max_redirects < 0:
             raise SettingsError("IMAGE_URL_MAX_REDIRECTS must not be negative")
+
+    @property
+    def largest_call(self) -> int:
+        """The most images one pipeline call can hold: a full batch, or one job's samples."""
+        return max(self.batch_max_images, MAX_SAMPLES)
+
+    @property
+    def worker_fresh_seconds(self) -> float:
+        """How recent a worker's heartbeat must be for it to count as ready."""
+        return self.worker_heartbeat_seconds * 3
 
     @property
     def model_path(self) -> str:

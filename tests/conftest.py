@@ -4,7 +4,7 @@ ports, the tiny model on disk, Celery worker processes and the gateway app."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -60,8 +60,11 @@ def base_settings(redis_server: RedisServer, s3_server: S3Server, tiny_model: Pa
     )
 
 
-def start_worker(settings: Settings, workdir: Path, name: str) -> WorkerProcess:
-    worker = WorkerProcess(settings, workdir, name=name)
+def start_worker(
+    settings: Settings, workdir: Path, name: str, env: Mapping[str, str] | None = None
+) -> WorkerProcess:
+    """A worker process, once it reports its model loaded; ``env`` adds to its environment."""
+    worker = WorkerProcess(settings, workdir, name=name, extra_env=env)
     store = JobStore(settings)
     before = store.ready_workers(max_age=3600)
     worker.start()

@@ -27,21 +27,23 @@ import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, assert_never
 
+import redis
 from celery.exceptions import SoftTimeLimitExceeded
 from PIL import Image
 
 from shared.errors import Unavailable
 from shared.images import encode_jpeg, open_image, prepare_image
 from shared.jobs import Job, input_key, output_key
-from shared.jobstore import JobStore
+from shared.jobstore import ClaimOutcome, JobStore
 from shared.schema import GenerationParams
 from shared.settings import Settings
 from shared.storage import Storage
 from worker.batching import Member, collect_partners
 from worker.metrics import WorkerMetrics
 from worker.progress import Batch, ProgressWriter, StopRun
-from worker.runner import BatchItem, Runner, StepCallback, job_items
+from worker.runner import BatchFailed, BatchItem, Call, Runner, job_items
 
 log = logging.getLogger(__name__)
 
@@ -103,18 +105,26 @@ class JobExecutor:
         claim = self.store.claim(
             job_id, self.name, self.settings.job_lease_seconds, self.settings.max_job_attempts
         )
-        if claim.outcome == "upload":
-            self._retry_upload(job_id)
-            return
-        if not claim.started or claim.job is None:
-            if claim.outcome == "exhausted":
+        match claim.outcome:
+            case ClaimOutcome.STARTED:
+                pass
+            case ClaimOutcome.UPLOAD:
+                self._retry_upload(job_id)
+                return
+            case ClaimOutcome.EXHAUSTED:
                 log.error("job %s: failed after %d starts that each lost their worker", job_id, claim.attempt)
                 self._finished(job_id, True)
-            elif claim.outcome == "missing":
-                self.store.forget_upload(job_id)  # an expired job's upload, if one was pending
-            else:
-                log.info("job %s: not run here (%s)", job_id, claim.outcome)
-            return
+                return
+            case ClaimOutcome.MISSING:
+                log.info("job %s: not run, its record has expired", job_id)
+                return
+            case ClaimOutcome.BUSY | ClaimOutcome.SUCCEEDED | ClaimOutcome.FAILED | ClaimOutcome.CANCELED:
+                log.info("job %s: not run here (%s)", job_id, claim.outcome.value)
+                return
+            case _:
+                assert_never(claim.outcome)
+        if claim.job is None:
+            raise RuntimeError(f"job {job_id}: started without its record")
         if claim.attempt > 1:
             log.warning("job %s: taking over, attempt %d", job_id, claim.attempt)
         first = Member(claim.job, claim.attempt, claim.image)
@@ -130,21 +140,22 @@ class JobExecutor:
             return
         params = runs[0].member.job.params
         items = [item for run in runs for item in run.items]
-        calls: list[tuple[int, int]] = []
         batch = Batch(uuid.uuid4().hex, [m.job.id for m in members])
         lease = self.settings.job_lease_seconds
         started = time.monotonic()
         try:
             with self.progress.call(runs, lease, batch) as progress:
-                outputs = self._generate(params, items, progress.report, calls, jobs=len(runs))
+                output = self.runner.run_batch(params, items, progress.report)
         except Exception as exc:  # noqa: BLE001 - StopRun and time limits too; _abandon logs it
-            self._abandon(runs, exc)
-            if calls:  # halves of an out-of-memory split that ran before the failure
-                self.store.count(**self._count_calls(runs, calls, params, time.monotonic() - started))
+            cause = exc.__cause__ if isinstance(exc, BatchFailed) else exc
+            self._abandon(runs, cause if isinstance(cause, Exception) else exc)
+            if isinstance(exc, BatchFailed) and exc.calls:  # calls of a split batch that ran first
+                self.store.count(**self._count_calls(runs, exc.calls, params, time.monotonic() - started))
             self._record(runs, [], 0.0)
             return
         elapsed = time.monotonic() - started
-        counters = self._count_calls(runs, calls, params, elapsed)
+        outputs = output.images
+        counters = self._count_calls(runs, output.calls, params, elapsed)
         delivered: list[Delivered] = []
         offset = 0
         for run in runs:
@@ -172,7 +183,7 @@ class JobExecutor:
         if isinstance(exc, SoftTimeLimitExceeded):
             message = f"the job ran past its time limit of {self.settings.task_soft_time_limit} s"
         else:
-            message = f"generation failed: {_describe(exc)}"
+            message = _failure(exc)
         for run in runs:
             log.error("job %s: %s", run.job_id, message, exc_info=exc)
             self._fail(run, message)
@@ -180,18 +191,18 @@ class JobExecutor:
     def _count_calls(
         self,
         runs: Sequence[JobRun],
-        calls: Sequence[tuple[int, int]],
+        calls: Sequence[Call],
         params: GenerationParams,
         elapsed: float,
     ) -> dict[str, int]:
         """This worker's metrics of the call, and the farm-wide counters it adds to."""
-        images = sum(n for n, _ in calls)
+        images = sum(call.images for call in calls)
         self.metrics.pipeline_ran(images, params.denoising_steps, elapsed)
         self.metrics.batch_ran(images, len(runs))
         return {
             "pipeline_calls": len(calls),
             "images": images,
-            "pipeline_jobs": sum(j for _, j in calls),
+            "pipeline_jobs": sum(call.jobs for call in calls),
             "batched_jobs": len(runs) if len(runs) > 1 else 0,
         }
 
@@ -217,7 +228,7 @@ class JobExecutor:
             image = prepare_image(open_image(data, self.settings), params.img_width, params.img_height)
         except Exception as exc:
             log.exception("job %s: input not usable", job.id)
-            self._finished(job.id, self.store.fail(job.id, f"generation failed: {_describe(exc)}"))
+            self._finished(job.id, self.store.fail(job.id, member.attempt, _failure(exc)))
             return None
         return JobRun(member, job_items(job.params, image, job.seeds, job.id))
 
@@ -226,18 +237,45 @@ class JobExecutor:
     ) -> Delivered | None:
         """Encode the images and mark the job succeeded with them; None if it is not ours."""
         job = run.member.job
+        keys = [output_key(job.id, i) for i in range(len(images))]
         try:
-            keys = [output_key(job.id, i) for i in range(len(images))]
             encoded = [encode_jpeg(output, self.settings.jpeg_quality) for output in images]
-            upload_deadline = self.settings.job_lease_seconds
-            if self.store.succeed(job.id, run.attempt, keys, encoded, elapsed, upload_deadline, counters):
-                return Delivered(job, keys, encoded, time.time())
         except Exception as exc:
             log.exception("job %s: failed", job.id)
-            self._finished(job.id, self.store.fail(job.id, f"generation failed: {_describe(exc)}"))
+            moved = self._settle(job.id, self.store.fail, job.id, run.attempt, _failure(exc))
+            self._finished(job.id, bool(moved))
             return None
-        self._stopped(run.member)  # canceled, or taken over, during the last step
+        upload_deadline = self.settings.job_lease_seconds
+        moved = self._settle(
+            job.id, self.store.succeed, job.id, run.attempt, keys, encoded, elapsed, upload_deadline, counters
+        )
+        if moved:
+            return Delivered(job, keys, encoded, time.time())
+        if moved is not None:
+            self._stopped(run.member)  # canceled, or taken over, during the last step
         return None
+
+    def _settle(self, job_id: str, transition: Callable[..., bool], *args: Any) -> bool | None:
+        """A final transition that rides out a Redis blip (a restart, a failover): it is tried
+        again for up to ``JOB_LEASE_SECONDS``, which is safe because every transition is fenced
+        by its attempt and idempotent. None if Redis stays away: the job is left running, its
+        lease lapses and the sweeper runs it again."""
+        deadline = time.monotonic() + self.settings.job_lease_seconds
+        pause = 0.1
+        while True:
+            try:
+                return transition(*args)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if time.monotonic() + pause > deadline:
+                    log.error(
+                        "job %s: Redis unreachable, its result is left to a later attempt: %s", job_id, exc
+                    )
+                    return None
+                log.warning(
+                    "job %s: Redis unreachable (%s); recording the result again in %.1f s", job_id, exc, pause
+                )
+                time.sleep(pause)
+                pause = min(2 * pause, 2.0)
 
     def _upload(self, job_id: str, keys: list[str], images: Sequence[bytes]) -> None:
         """Write a succeeded job's outputs to S3; on failure, leave them for a later try."""
@@ -270,7 +308,8 @@ class JobExecutor:
         current = self.store.get(member.job.id)
         if current is not None and current.cancel_requested:
             log.info("job %s: canceled while running", member.job.id)
-            self._finished(member.job.id, self.store.finish_canceled(member.job.id))
+            moved = self._settle(member.job.id, self.store.finish_canceled, member.job.id, member.attempt)
+            self._finished(member.job.id, bool(moved))
         else:
             log.warning(
                 "job %s: attempt %d lost its lease; another worker has the job", member.job.id, member.attempt
@@ -280,37 +319,8 @@ class JobExecutor:
         if run.stopped:  # canceled, or no longer this attempt's to record
             self._stopped(run.member)
         else:
-            self._finished(run.member.job.id, self.store.fail(run.member.job.id, message))
-
-    def _generate(
-        self,
-        params: GenerationParams,
-        items: Sequence[BatchItem],
-        on_step: StepCallback,
-        calls: list[tuple[int, int]],
-        jobs: int = 1,
-    ) -> list[Image.Image]:
-        """All images in one pipeline call; on GPU out-of-memory, the batch is halved and
-        retried (one generator per image keeps every image the same), down to one image.
-        Each call that ran is appended to ``calls`` as (images, jobs)."""
-        try:
-            images = self.runner.run_batch(params, items, on_step)
-        except Exception as exc:
-            if not _is_out_of_memory(exc) or len(items) == 1:
-                raise
-            _release_gpu_memory()
-            half = len(items) // 2
-            log.warning(
-                "out of GPU memory at %d images; retrying as %d + %d", len(items), half, len(items) - half
-            )
-            first, second = items[:half], items[half:]
-            return self._generate(params, first, on_step, calls, min(jobs, len(first))) + self._generate(
-                params, second, on_step, calls, min(jobs, len(second))
-            )
-        calls.append((len(images), jobs))
-        if len(images) != len(items):
-            raise RuntimeError(f"runner returned {len(images)} images for {len(items)} samples")
-        return images
+            moved = self._settle(run.job_id, self.store.fail, run.job_id, run.attempt, message)
+            self._finished(run.job_id, bool(moved))
 
     def _finished(self, job_id: str, moved: bool) -> None:
         if moved and self.on_finished is not None:
@@ -328,17 +338,9 @@ class JobExecutor:
                 done.result()
 
 
-def _is_out_of_memory(exc: BaseException) -> bool:
-    import torch
-
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
-
-
-def _release_gpu_memory() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+def _failure(exc: Exception) -> str:
+    """The error a client sees for a job whose generation raised ``exc``."""
+    return f"generation failed: {_describe(exc)}"
 
 
 def _describe(exc: Exception) -> str:

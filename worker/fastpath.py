@@ -44,6 +44,7 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img impo
     StableDiffusionImg2ImgPipeline,
 )
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from torch.utils._pytree import tree_map_only
 
 from shared.settings import Settings
 
@@ -74,7 +75,7 @@ class FastPath:
     compile_mode: str
     compile_backend: str
     warmup: str  # full, cfg, basic or off
-    warmup_samples: tuple[int, ...]
+    warmup_images: tuple[int, ...]  # images per call a full or cfg warm-up covers; () for all
 
     @classmethod
     def resolve(cls, settings: Settings, device: torch.device) -> FastPath:
@@ -95,7 +96,7 @@ class FastPath:
             compile_mode=mode,
             compile_backend=settings.compile_backend,
             warmup=warmup,
-            warmup_samples=tuple(sorted(set(settings.warmup_samples))),
+            warmup_images=tuple(sorted(set(settings.warmup_images))),
         )
 
     @property
@@ -135,9 +136,10 @@ def apply(pipe: StableDiffusionImg2ImgPipeline, fast: FastPath) -> None:
         pipe.vae.to(memory_format=torch.channels_last)
     if fast.normalises_inputs:
         compile_fn = _compiler(fast) if fast.compile else None
-        install_inputs(pipe.unet, fast.memory_format, compile_fn, timestep=True)
-        install_inputs(pipe.vae.encoder, fast.memory_format, compile_fn)
-        install_inputs(pipe.vae.decoder, fast.memory_format, compile_fn)
+        steps = fast.cudagraphs
+        install_inputs(pipe.unet, fast.memory_format, compile_fn, timestep=True, graph_steps=steps)
+        install_inputs(pipe.vae.encoder, fast.memory_format, compile_fn, graph_steps=steps)
+        install_inputs(pipe.vae.decoder, fast.memory_format, compile_fn, graph_steps=steps)
 
 
 def _compiler(fast: FastPath) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -155,6 +157,7 @@ def install_inputs(
     memory_format: torch.memory_format,
     compile_fn: Callable[[Callable[..., Any]], Callable[..., Any]] | None,
     timestep: bool = False,
+    graph_steps: bool = False,
 ) -> None:
     """Route ``module``'s forward through input normalisation, then (maybe) a compiled graph.
 
@@ -162,7 +165,7 @@ def install_inputs(
     pipeline's checks and ``.config`` lookups see the original model.
     """
     forward: Callable[..., Any] = module.forward
-    target = compile_fn(forward) if compile_fn is not None else forward
+    target = owned_outputs(compile_fn(forward), graph_steps) if compile_fn is not None else forward
 
     if timestep:
 
@@ -181,6 +184,24 @@ def install_inputs(
             return target(canonical(sample, memory_format), *args, **kwargs)
 
         module.forward = vae_forward
+
+
+def owned_outputs(compiled: Callable[..., Any], graph_steps: bool = False) -> Callable[..., Any]:
+    """``compiled`` returning copies of its outputs.
+
+    A CUDA graph writes every replay into the same output buffers, so an output kept past
+    the next call (PNDM keeps the UNet's between steps when there is no guidance) would be
+    overwritten under it. Each call hands out copies, so the graph's own buffers are free
+    again as soon as it returns; with ``graph_steps`` (inductor's CUDA graph trees) each call
+    also starts a new graph step. A copy costs one latent-sized write per call, nothing next
+    to the call itself."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        if graph_steps:
+            torch.compiler.cudagraph_mark_step_begin()  # type: ignore[no-untyped-call]
+        return tree_map_only(torch.Tensor, torch.clone, compiled(*args, **kwargs))
+
+    return call
 
 
 def canonical_strides(shape: Sequence[int], memory_format: torch.memory_format) -> tuple[int, ...]:
@@ -253,44 +274,54 @@ class WarmupCall:
 
     width: int
     height: int
-    samples: int
+    images: int
     guidance_scale: float
     num_inference_steps: int
     strength: float
 
 
-def warmup_plan(sizes: Sequence[int], fast: FastPath) -> list[WarmupCall]:
+def call_sizes(settings: Settings, fast: FastPath) -> tuple[int, ...]:
+    """Images per pipeline call that a request may run at without compiling.
+
+    Every count up to ``settings.largest_call``; with a compiled ``full`` or ``cfg`` warm-up
+    limited by ``WARMUP_IMAGES``, only those counts (and 1), and the runner cuts each batch
+    into calls of these sizes, so no request ever waits for a compile."""
+    every = tuple(range(1, settings.largest_call + 1))
+    if not (fast.compile and fast.warmup in ("full", "cfg") and fast.warmup_images):
+        return every
+    return tuple(sorted({1, *(n for n in fast.warmup_images if n in every)}))
+
+
+def warmup_plan(sizes: Sequence[int], fast: FastPath, images: Sequence[int]) -> list[WarmupCall]:
     """The calls that leave every accepted shape warm.
 
-    ``full`` covers every width x height x ``WARMUP_SAMPLES``, with classifier-free
-    guidance (UNet batch 2 x samples) and without it (guidance_scale <= 1: batch =
-    samples), each UNet batch once per size; ``cfg`` only the guided batches; ``basic``
-    one short call per square size; ``off`` none. With CUDA graphs every call runs
-    twice, since a graph is recorded on the second call of its shape.
+    ``full`` covers every width x height x call size in ``images``, with classifier-free
+    guidance (UNet batch 2 x images) and without it (guidance_scale <= 1: batch = images),
+    each UNet batch once per size; ``cfg`` only the guided batches; ``basic`` one short call
+    per square size; ``off`` none. With CUDA graphs every call runs twice, since a graph
+    is recorded on the second call of its shape.
     """
     ordered = sorted(set(sizes))
     if fast.warmup == "off":
         return []
     if fast.warmup == "basic":
         return [WarmupCall(s, s, 1, WARMUP_GUIDANCE, 2, 0.5) for s in ordered]
+    guided = {2 * n for n in images}
     calls: list[WarmupCall] = []
     for width in ordered:
         for height in ordered:
-            guided = {2 * n for n in fast.warmup_samples}
             # Three denoising steps: compile, then record and replay a CUDA graph.
-            calls += [WarmupCall(width, height, n, WARMUP_GUIDANCE, 3, 1.0) for n in fast.warmup_samples]
+            calls += [WarmupCall(width, height, n, WARMUP_GUIDANCE, 3, 1.0) for n in images]
             if fast.warmup == "full":
                 calls += [
-                    WarmupCall(width, height, n, NO_GUIDANCE, 3, 1.0)
-                    for n in fast.warmup_samples
-                    if n not in guided
+                    WarmupCall(width, height, n, NO_GUIDANCE, 3, 1.0) for n in images if n not in guided
                 ]
     return calls * 2 if fast.cudagraphs else calls
 
 
 def unet_batches(plan: Sequence[WarmupCall]) -> set[tuple[int, int, int]]:
     """(width, height, UNet batch) shapes that ``plan`` compiles."""
-    return {(c.width, c.height, c.samples * (2 if c.guidance_scale > 1 else 1)) for c in plan}
+    return {(c.width, c.height, c.images * (2 if c.guidance_scale > 1 else 1)) for c in plan}
 
 
 def allow_graphs(count: int) -> None:

@@ -36,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     settings = Settings.from_env()
     try:
-        ready = ready_on_host(JobStore(settings), args.host, settings.worker_heartbeat_seconds * 3)
+        ready = ready_on_host(JobStore(settings), args.host, settings.worker_fresh_seconds)
     except redis.RedisError as exc:
         log.error("not ready: cannot read Redis: %s", exc)
         return 1

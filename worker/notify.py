@@ -2,7 +2,10 @@
 
 The GPU worker only enqueues a delivery when a job ends; this worker POSTs the signed
 job document, retrying with exponential backoff up to ``WEBHOOK_MAX_ATTEMPTS`` times.
-A job's webhook is delivered at most once: the outcome is recorded on the job.
+Delivery is at least once: the outcome is recorded on the job, and a task that finds it
+recorded does nothing, but a POST whose answer was lost (a timeout after the receiver took
+it, this worker killed before recording it) is sent again. Receivers deduplicate on the
+job id header.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ waiting (a time limit) abandons its job, which then stops at its next step.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
 import math
@@ -31,7 +32,7 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img impo
 )
 from PIL import Image
 
-from shared.schema import GenerationParams
+from shared.schema import MAX_SAMPLES, GenerationParams
 from shared.settings import Settings
 from worker import fastpath
 from worker.fastpath import FastPath
@@ -68,14 +69,41 @@ def job_items(
     return [BatchItem(params.prompt, params.negative_prompt, image, seed, job) for seed in seeds]
 
 
+@dataclass(frozen=True)
+class Call:
+    """A pipeline call that ran: its images and the jobs they belong to."""
+
+    images: int
+    jobs: int
+
+
+@dataclass(frozen=True)
+class BatchOutput:
+    """The images of a batch, one per item, and the pipeline calls that made them: one,
+    unless the batch was cut to warmed sizes or split after running out of memory."""
+
+    images: list[Image.Image]
+    calls: list[Call]
+
+
+class BatchFailed(Exception):
+    """A batch that failed after some of its calls ran (``calls``); the failure is ``__cause__``.
+    A batch that fails before any call finished raises the failure itself."""
+
+    def __init__(self, cause: BaseException, calls: Sequence[Call]) -> None:
+        super().__init__(str(cause))
+        self.calls = list(calls)
+
+
 class Runner(Protocol):
     def load(self) -> None: ...
 
     def run_batch(
         self, params: GenerationParams, items: Sequence[BatchItem], on_step: StepCallback
-    ) -> list[Image.Image]:
-        """One pipeline call with the shape of ``params`` (size, steps, strength, scheduler,
-        guidance); prompts, images and seeds come from ``items``, one output per item."""
+    ) -> BatchOutput:
+        """Pipeline calls with the shape of ``params`` (size, steps, strength, scheduler,
+        guidance); prompts, images and seeds come from ``items``, one output per item.
+        Raises :class:`BatchFailed` when a call fails after others ran."""
         ...
 
 
@@ -121,6 +149,10 @@ class DiffusersRunner:
         self.load_seconds = 0.0
         self.warmup_seconds = 0.0
         self.warmup_calls = 0
+        # Images per call that need no compile: every count up to the largest call, unless
+        # a compiled warm-up covers fewer (calls are then cut to these sizes).
+        self.call_sizes = fastpath.call_sizes(settings, self.fast)
+        self._graphs_after_warmup: int | None = None
 
     @property
     def pipe(self) -> StableDiffusionImg2ImgPipeline:
@@ -153,11 +185,16 @@ class DiffusersRunner:
             requires_safety_checker=False,
         )
         pipe = pipe.to(self.device)
+        if pipe.unet.dtype != self.dtype:  # a diffusers release that predates ``dtype`` ignored it
+            pipe = pipe.to(dtype=self.dtype)
+        check_dtype(pipe, self.dtype)
         pipe.set_progress_bar_config(disable=True)  # type: ignore[no-untyped-call]
         fastpath.apply(pipe, self.fast)
         self._schedulers = Schedulers(pipe.scheduler.config)
         self._pipe = pipe
         self._warm_up()
+        if self.fast.compile:
+            self._graphs_after_warmup = fastpath.graphs_compiled()
         self.load_seconds = time.monotonic() - started
         log.info(
             "loaded %s on %s (%s; %s) in %.1fs, warm-up %.1fs",
@@ -171,7 +208,7 @@ class DiffusersRunner:
 
     def _warm_up(self) -> None:
         """Run every shape the service accepts (see :func:`fastpath.warmup_plan`) once now."""
-        plan = fastpath.warmup_plan(self.settings.allowed_sizes, self.fast)
+        plan = fastpath.warmup_plan(self.settings.allowed_sizes, self.fast, self.call_sizes)
         if self.fast.compile:
             fastpath.allow_graphs(len(plan) + 8)
         started = time.monotonic()
@@ -179,7 +216,7 @@ class DiffusersRunner:
             params = GenerationParams(
                 prompt="warm-up",
                 negative_prompt=None,
-                samples=call.samples,
+                samples=min(call.images, MAX_SAMPLES),
                 scheduler="DDIM",
                 num_inference_steps=call.num_inference_steps,
                 guidance_scale=call.guidance_scale,
@@ -190,7 +227,12 @@ class DiffusersRunner:
                 base64=False,
             )
             image = Image.new("RGB", (call.width, call.height), (127, 127, 127))
-            items = job_items(params, image, range(call.samples))
+            # Jobs of at most MAX_SAMPLES images, as batching builds them: the VAE decodes
+            # each job alone, so its batches are warmed at the sizes requests decode.
+            items = [
+                BatchItem(params.prompt, None, image, i, job=f"warm-up-{i // MAX_SAMPLES}")
+                for i in range(call.images)
+            ]
             self._generate(params, items, _no_progress, threading.Event())
         self.warmup_calls = len(plan)
         self.warmup_seconds = time.monotonic() - started
@@ -207,17 +249,68 @@ class DiffusersRunner:
         on_step: StepCallback,
     ) -> list[Image.Image]:
         """One job alone: all its samples in one call."""
-        return self.run_batch(params, job_items(params, image, seeds), on_step)
+        return self.run_batch(params, job_items(params, image, seeds), on_step).images
 
     def run_batch(
         self, params: GenerationParams, items: Sequence[BatchItem], on_step: StepCallback
-    ) -> list[Image.Image]:
+    ) -> BatchOutput:
         abandoned = threading.Event()
         try:
-            return self._on_device_thread(self._generate, params, items, on_step, abandoned)
+            return self._on_device_thread(self._run_calls, params, items, on_step, abandoned)
         except BaseException:
             abandoned.set()  # the caller gave up (or the job failed): stop at the next step
             raise
+
+    def _run_calls(
+        self,
+        params: GenerationParams,
+        items: Sequence[BatchItem],
+        on_step: StepCallback,
+        abandoned: threading.Event,
+    ) -> BatchOutput:
+        """The batch in calls of warmed sizes; a call that runs out of GPU memory is split
+        in two halves (down to one image), each retried once the failed call's memory is
+        released. One generator per image keeps every image the same whichever call makes it."""
+        pending = self._cut(list(items))  # next call last
+        images: list[Image.Image] = []
+        calls: list[Call] = []
+        while pending:
+            part = pending.pop()
+            try:
+                images += self._checked(self._generate(params, part, on_step, abandoned), part)
+                calls.append(Call(len(part), len({item.job for item in part})))
+                continue
+            except Exception as exc:
+                if not is_out_of_memory(exc) or len(part) == 1:
+                    if calls:
+                        raise BatchFailed(exc, calls) from exc
+                    raise
+            # Out of memory. Outside the except block, the failed call's frames (and the
+            # tensors they hold) are gone with its traceback; collect cycles, then free.
+            release_memory()
+            half = len(part) // 2
+            log.warning(
+                "out of GPU memory at %d images; retrying as %d + %d", len(part), half, len(part) - half
+            )
+            pending += [part[half:], part[:half]]
+        return BatchOutput(images, calls)
+
+    def _cut(self, items: list[BatchItem]) -> list[list[BatchItem]]:
+        """``items`` as calls of warmed sizes, the largest first, in reverse order (a stack)."""
+        calls: list[list[BatchItem]] = []
+        while items:
+            size = max(n for n in self.call_sizes if n <= len(items))
+            calls.append(items[:size])
+            items = items[size:]
+        return calls[::-1]
+
+    def _checked(self, images: list[Image.Image], items: Sequence[BatchItem]) -> list[Image.Image]:
+        if len(images) != len(items):
+            raise RuntimeError(f"the pipeline returned {len(images)} images for {len(items)} samples")
+        if self._graphs_after_warmup is not None and fastpath.graphs_compiled() > self._graphs_after_warmup:
+            self._graphs_after_warmup = fastpath.graphs_compiled()
+            log.warning("a call of %d images compiled a graph the warm-up did not cover", len(items))
+        return images
 
     def _generate(
         self,
@@ -226,6 +319,7 @@ class DiffusersRunner:
         on_step: StepCallback,
         abandoned: threading.Event,
     ) -> list[Image.Image]:
+        """One pipeline call (on the device thread)."""
         pipe = self.pipe
         if self._schedulers is None:
             raise RuntimeError("the runner is not loaded")
@@ -282,6 +376,26 @@ class DiffusersRunner:
 
 def _no_progress(_step: int, _total: int) -> None:
     return None
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def release_memory() -> None:
+    """Free what a failed call left: unreachable cycles first, then CUDA's cached blocks."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def check_dtype(pipe: StableDiffusionImg2ImgPipeline, dtype: torch.dtype) -> None:
+    """Refuse a pipeline whose UNet, VAE or text encoder is not in ``dtype``."""
+    for name in ("unet", "vae", "text_encoder"):
+        module: torch.nn.Module = getattr(pipe, name)
+        found = {p.dtype for p in module.parameters()}
+        if found != {dtype}:
+            raise RuntimeError(f"the {name} loaded as {sorted(map(str, found))}, not {dtype}")
 
 
 def load_runner_class(path: str) -> Callable[[Settings], Runner]:

@@ -166,8 +166,8 @@ def test_failed_job_is_refunded_once_even_if_the_failure_is_handled_twice(keyed_
     keys = KeyStore(keyed_settings)
     assert keys.balance(key_id) == 0
     store = JobStore(keyed_settings)
-    assert store.fail(job.id, "generation failed: boom")
-    assert not store.fail(job.id, "generation failed: boom again")
+    assert store.fail_queued(job.id, "the job was not started")
+    assert not store.fail_queued(job.id, "the job was not started, again")
     store.refund(job.id)
     store.refund(job.id)
     assert keys.balance(key_id) == cost

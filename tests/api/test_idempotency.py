@@ -5,13 +5,19 @@ from __future__ import annotations
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
+import redis
 import requests
 
-from shared.jobstore import JobStore
+from api.service import JobService
+from shared.errors import Unauthorized
+from shared.jobstore import JobStore, Submitted
+from shared.keys import KeyStore
+from shared.schema import parse_request
 from shared.settings import Settings
-from tests.helpers import reference_body
+from tests.helpers import reference_body, sample_image
 
 URL = "/v1/sd1.5-img2img"
 
@@ -94,3 +100,76 @@ def test_client_that_drops_mid_wait_still_gets_its_job(gateway: str, settings: S
     assert requests.get(outputs[0], timeout=10).status_code == 200
     time.sleep(0.5)
     assert pipeline_calls(settings) == before + 1
+
+
+class FlakyStore(JobStore):
+    """Redis times out on the next submit: after its script ran (``recorded``), or before."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.fail_next: str | None = None
+
+    def submit(self, *args: Any, **kwargs: Any) -> Submitted:
+        failing, self.fail_next = self.fail_next, None
+        if failing == "before":
+            raise redis.TimeoutError("Timeout reading from socket")
+        submitted = super().submit(*args, **kwargs)
+        if failing == "recorded":
+            raise redis.TimeoutError("Timeout reading from socket")
+        return submitted
+
+
+@pytest.fixture()
+def flaky(settings: Settings) -> tuple[JobService, FlakyStore, str]:
+    tagged = settings.replace(
+        auth_enabled=True, queue_name="img2img-unserved", key_prefix=f"t-idem-{uuid.uuid4().hex[:8]}"
+    )
+    store = FlakyStore(tagged)
+    _, record = KeyStore(tagged).create("idem", 10_000_000)
+    service = JobService(tagged, store=store)
+    service.storage.ensure_bucket()
+    return service, store, record.id
+
+
+def test_an_ambiguous_submit_is_not_charged_twice(flaky: tuple[JobService, FlakyStore, str]) -> None:
+    """Redis times out after the submit script ran: the job exists, charged. The client's
+    retry with its key gets that job; it is not recorded or charged a second time."""
+    service, store, owner = flaky
+    params = parse_request(reference_body(), service.settings).params
+    keys = KeyStore(service.settings)
+    before = keys.balance(owner)
+    store.fail_next = "recorded"
+    with pytest.raises(redis.TimeoutError):
+        service.submit(params, sample_image(), idempotency_key="retry-me", owner=owner)
+    charged = before - keys.balance(owner)
+    assert charged > 0
+    job = service.submit(params, sample_image(), idempotency_key="retry-me", owner=owner)
+    assert before - keys.balance(owner) == charged  # once
+    assert store.get(job.id) is not None and store.stale_queued(0) == [job.id]  # the only job
+
+
+def test_a_key_bound_to_a_job_never_recorded_is_taken_over(
+    flaky: tuple[JobService, FlakyStore, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis times out before the submit script ran: nothing was recorded, the key stays bound
+    to a job that will never exist, and a retry takes the key over for a job of its own."""
+    monkeypatch.setattr("api.service._CLAIM_WAIT_SECONDS", 0.2)
+    service, store, owner = flaky
+    params = parse_request(reference_body(), service.settings).params
+    store.fail_next = "before"
+    with pytest.raises(redis.TimeoutError):
+        service.submit(params, sample_image(), idempotency_key="lost", owner=owner)
+    assert store.stale_queued(0) == []
+    job = service.submit(params, sample_image(), idempotency_key="lost", owner=owner)
+    again = service.submit(params, sample_image(), idempotency_key="lost", owner=owner)
+    assert again.id == job.id and store.stale_queued(0) == [job.id]
+
+
+def test_a_key_revoked_after_its_check_is_401_not_406(settings: Settings) -> None:
+    keyed = settings.replace(auth_enabled=True, queue_name="img2img-unserved")
+    keys = KeyStore(keyed)
+    _, record = keys.create("revoked-mid-request", 10_000_000)
+    keys.revoke(record.id)  # between the gateway's key check and the submit script
+    params = parse_request(reference_body(), keyed).params
+    with pytest.raises(Unauthorized):
+        JobService(keyed).submit(params, sample_image(), owner=record.id)

@@ -33,18 +33,18 @@ def test_ready_only_with_a_fresh_heartbeat_of_this_host(isolated_settings: Setti
     workers = store.key("workers")
     assert probe(isolated_settings).returncode == 1
 
-    store.mark_worker_ready("some-other-pod:41")
+    store.mark_worker_ready("some-other-pod:41", forget_after=3600)
     store.redis.zadd(workers, {f"{HOST}:42": time.time() - 60})  # stale: a dead worker's last beat
     result = probe(isolated_settings)
     assert result.returncode == 1, result.stderr
     assert "0 of 1" in result.stderr
 
-    store.mark_worker_ready(f"{HOST}:43")
+    store.mark_worker_ready(f"{HOST}:43", forget_after=3600)
     result = probe(isolated_settings)
     assert result.returncode == 0, result.stderr
     assert f"{HOST}:43" in result.stderr
     assert probe(isolated_settings, "--min", "2").returncode == 1
-    store.mark_worker_ready(f"{HOST}:44")
+    store.mark_worker_ready(f"{HOST}:44", forget_after=3600)
     assert probe(isolated_settings, "--min", "2").returncode == 0
 
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from api.service import JobService
+from deploy.local import RedisServer
 from shared.jobs import Job
 from shared.jobstore import JobStore
 from shared.keys import KeyStore
@@ -83,3 +85,12 @@ class Farm:
 @pytest.fixture()
 def farm(fault_settings: Settings) -> Farm:
     return Farm(fault_settings)
+
+
+@pytest.fixture()
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis of the test's own, with AOF, that the test may stop and start again."""
+    server = RedisServer(tmp_path / "redis", appendonly=True)
+    server.start()
+    yield server
+    server.stop()

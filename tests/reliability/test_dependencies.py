@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -19,14 +20,6 @@ from shared.storage import Storage
 from tests.conftest import start_worker
 from tests.helpers import reference_body
 from tests.reliability.conftest import LONG, Farm
-
-
-@pytest.fixture()
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis", appendonly=True)
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture()
@@ -52,6 +45,33 @@ def test_redis_restart_with_aof_keeps_queued_jobs(
     finally:
         worker.stop()
     assert [job.status for job in done] == [JobStatus.SUCCEEDED] * 10
+
+
+def test_redis_restart_mid_job_keeps_the_worker_and_its_model(
+    fault_settings: Settings, own_redis: RedisServer, tmp_path: Path
+) -> None:
+    """A broker blip must not cost a GPU worker its loaded (and compiled) model."""
+    settings = fault_settings.replace(redis_url=own_redis.url, job_lease_seconds=60.0)
+    farm = Farm(settings)
+    worker = start_worker(settings, tmp_path, "through-restart")
+    try:
+        job = farm.submit(**LONG)
+        running = farm.wait(job.id, lambda j: j.status is JobStatus.RUNNING and j.progress_step >= 3)
+        pool_pid = int((running.worker or "").rsplit(":", 1)[1])
+        runs_before = farm.store.stats().get("pipeline_jobs", 0)
+        time.sleep(1.5)  # appendfsync everysec: the running record is on disk
+        own_redis.stop()
+        own_redis.start()
+        done = farm.finished(job.id)
+        assert done.status is JobStatus.SUCCEEDED and done.attempts == 1, done.error
+        assert farm.store.stats().get("pipeline_jobs", 0) - runs_before == 1  # it ran once
+        assert worker.alive()
+        os.kill(pool_pid, 0)  # the pool process that holds the model is the same one
+        assert worker.log_file.read_text().count(f"loaded {settings.model_path} on") == 1  # never reloaded
+        after = farm.submit(seed=1)
+        assert farm.finished(after.id).worker == running.worker  # it takes new jobs too
+    finally:
+        worker.stop()
 
 
 def test_s3_outage_mid_run_still_answers_and_uploads_once_s3_is_back(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from shared.jobs import JobStatus
-from shared.jobstore import JobStore
+from shared.jobstore import ClaimOutcome, JobStore, SubmitOutcome
 from shared.schema import parse_request
 from shared.settings import Settings
 from tests.helpers import reference_body
@@ -18,6 +18,24 @@ IMAGES = [b"\xff\xd8\xff first", b"\xff\xd8\xff second"]
 def new_job(store: JobStore, settings: Settings, job_id: str = "j", image: bytes | None = None) -> None:
     params = parse_request(reference_body(samples=2), settings).params
     store.create(job_id, params, [1, 2], image=image)
+
+
+def test_repeated_calls_change_nothing(isolated_settings: Settings) -> None:
+    """The Redis client retries a call whose connection failed; the call may have run."""
+    from shared.keys import KeyStore
+
+    store, keys = JobStore(isolated_settings), KeyStore(isolated_settings)
+    _, payer = keys.create("payer", 1_000)
+    params = parse_request(reference_body(), isolated_settings).params
+    first = store.submit("r", params, [1], owner=payer.id, cost_milli=600)
+    again = store.submit("r", params, [1], owner=payer.id, cost_milli=600)
+    assert (first.outcome, again.outcome) == (SubmitOutcome.QUEUED, SubmitOutcome.QUEUED)
+    assert keys.balance(payer.id) == 400  # charged once
+    claim = store.claim("r", "w1", 30, 3)
+    repeat = store.claim("r", "w1", 30, 3)
+    assert repeat.started and repeat.attempt == claim.attempt == 1
+    assert store.stats()["jobs_running"] == 1
+    assert store.claim("r", "w2", 30, 3).outcome is ClaimOutcome.BUSY  # another worker's claim
 
 
 def test_a_claim_returns_the_started_record(isolated_settings: Settings) -> None:
@@ -44,7 +62,10 @@ def test_only_the_attempt_that_owns_the_job_may_succeed(isolated_settings: Setti
     assert store.succeed("j", 2, KEYS, IMAGES, 0.5, 30)
     job = store.get("j")
     assert job is not None and job.status is JobStatus.SUCCEEDED and list(job.outputs) == KEYS
-    assert not store.succeed("j", 2, KEYS, IMAGES, 0.5, 30)  # once
+    counted = store.stats()["jobs_succeeded"]
+    assert store.succeed("j", 2, KEYS, IMAGES, 0.5, 30)  # its reply was lost: the same answer again
+    assert store.stats()["jobs_succeeded"] == counted  # and nothing written twice
+    assert not store.succeed("j", 1, KEYS, IMAGES, 0.5, 30)
 
 
 def test_images_stay_in_redis_until_uploaded(isolated_settings: Settings) -> None:
@@ -116,8 +137,9 @@ def test_submit_charges_and_records_in_one_step_or_not_at_all(isolated_settings:
 
     def submit(job_id: str, owner: str, cost: int, depth: int = 0) -> str:
         submitted = store.submit(job_id, params, [1], owner=owner, cost_milli=cost, max_queue_depth=depth)
-        assert (submitted.job is not None) == submitted.queued
-        assert (store.get(job_id) is not None) == submitted.queued  # recorded exactly when charged
+        queued = submitted.outcome is SubmitOutcome.QUEUED
+        assert (submitted.job is not None) == queued
+        assert (store.get(job_id) is not None) == queued  # recorded exactly when charged
         return f"{submitted.outcome} {submitted.balance_milli}"
 
     assert submit("a", payer.id, 600) == "queued 400"
@@ -132,7 +154,7 @@ def test_submit_charges_and_records_in_one_step_or_not_at_all(isolated_settings:
     assert keys.balance(payer.id) == 400
     assert submit("f", "", 100, depth=2) == "queued 0"  # nobody pays without an owner
     assert store.queue_length() == 2
-    store.fail("a", "boom")
+    store.fail_queued("a", "boom")
     assert keys.balance(payer.id) == 1_000  # a failed job's charge comes back
 
 
@@ -144,7 +166,7 @@ def test_a_watch_returns_the_ended_job_with_its_images_and_balance(isolated_sett
     store, keys = JobStore(isolated_settings), KeyStore(isolated_settings)
     _, payer = keys.create("watcher", 5_000)
     params = parse_request(reference_body(samples=2), isolated_settings).params
-    assert store.submit("w", params, [1, 2], owner=payer.id, cost_milli=1_000).queued
+    assert store.submit("w", params, [1, 2], owner=payer.id, cost_milli=1_000).job is not None
     attempt = store.claim("w", "w1", 30, 3).attempt
 
     succeeded: list[bool] = []
@@ -164,3 +186,56 @@ def test_a_watch_returns_the_ended_job_with_its_images_and_balance(isolated_sett
     assert early.images == IMAGES[:1] and early.balance_milli is None
     missing = store.watch("none", 0.2)
     assert missing.job is None and missing.images == []
+
+
+def test_a_stale_attempt_cannot_fail_or_cancel_the_job_its_successor_runs(
+    isolated_settings: Settings,
+) -> None:
+    from shared.keys import KeyStore
+
+    store, keys = JobStore(isolated_settings), KeyStore(isolated_settings)
+    _, payer = keys.create("payer", 1_000)
+    params = parse_request(reference_body(), isolated_settings).params
+    assert store.submit("j", params, [1], owner=payer.id, cost_milli=600).job is not None
+    assert store.claim("j", "w1", 0.05, 3).attempt == 1
+    time.sleep(0.1)  # w1's lease lapses: w2 takes over
+    assert store.claim("j", "w2", 30, 3).attempt == 2
+    assert not store.fail("j", 1, "generation failed: the stale worker woke up")
+    assert not store.finish_canceled("j", 1)
+    assert keys.balance(payer.id) == 400  # nothing refunded
+    assert store.succeed("j", 2, KEYS[:1], IMAGES[:1], 0.5, 30)
+    job = store.get("j")
+    assert job is not None and job.status is JobStatus.SUCCEEDED and not job.refunded
+
+
+def test_an_expired_job_leaves_every_set_at_its_next_claim(isolated_settings: Settings) -> None:
+    store = JobStore(isolated_settings)
+    new_job(store, isolated_settings, "gone")
+    store.claim("gone", "w1", 0.01, 3)
+    deadline = time.monotonic() + 3
+    while not store.lapsed_leases() and time.monotonic() < deadline:  # whole seconds of Redis time
+        time.sleep(0.05)
+    assert store.lapsed_leases() == ["gone"]
+    store.redis.delete(store.key("job", "gone"))  # its record expired while it was running
+    assert store.claim("gone", "w2", 30, 3).outcome is ClaimOutcome.MISSING
+    assert store.lapsed_leases() == []  # the sweeper stops sending it
+    for name in ("queued", "running", "sent", "uploads"):
+        assert store.redis.zscore(store.key(name), "gone") is None
+
+
+def test_the_webhook_state_of_an_expired_job_does_not_bring_it_back(isolated_settings: Settings) -> None:
+    store = JobStore(isolated_settings)
+    new_job(store, isolated_settings, "hooked")
+    store.set_webhook_state("hooked", "delivered")
+    store.set_webhook_state("hooked", "failed: late")
+    assert store.webhook_state("hooked") == "delivered"  # once
+    store.redis.delete(store.key("job", "hooked"))
+    store.set_webhook_state("hooked", "delivered")
+    assert not store.redis.exists(store.key("job", "hooked"))
+
+
+def test_workers_that_stopped_beating_leave_the_set(isolated_settings: Settings) -> None:
+    store = JobStore(isolated_settings)
+    store.redis.zadd(store.key("workers"), {"host:killed": time.time() - 120})
+    store.mark_worker_ready("host:alive", forget_after=60)
+    assert store.ready_workers(max_age=3600) == ["host:alive"]

@@ -133,8 +133,8 @@ def test_auto_turns_the_fast_path_on_for_cuda_only() -> None:
         {"TORCH_COMPILE": "true"},
         {"COMPILE_MODE": "fastest"},
         {"WARMUP": "some"},
-        {"WARMUP_SAMPLES": "0"},
-        {"WARMUP_SAMPLES": "1,5"},
+        {"WARMUP_IMAGES": "0"},
+        {"WARMUP_IMAGES": "1,9"},  # larger than the largest call (BATCH_MAX_IMAGES 8)
     ],
 )
 def test_settings_refuse_unknown_fast_path_values(env: dict[str, str]) -> None:
@@ -142,29 +142,37 @@ def test_settings_refuse_unknown_fast_path_values(env: dict[str, str]) -> None:
         Settings.from_env(env)
 
 
-def test_full_warm_up_covers_every_shape_the_service_accepts() -> None:
+def test_full_warm_up_covers_every_call_batching_can_build() -> None:
     sizes = (512, 768)
-    full = FastPath.resolve(Settings(torch_compile="on", compile_mode="default"), CPU)
-    plan = fastpath.warmup_plan(sizes, full)
-    # Samples 1..4 with guidance (UNet batch 2..8) and without (guidance <= 1: batch 1..4).
+    settings = Settings(torch_compile="on", compile_mode="default", batch_max_images=8)
+    full = FastPath.resolve(settings, CPU)
+    calls = fastpath.call_sizes(settings, full)
+    assert calls == tuple(range(1, 9))  # every count up to BATCH_MAX_IMAGES: nothing is cut
+    plan = fastpath.warmup_plan(sizes, full, calls)
+    # 1..8 images with guidance (UNet batch 2..16) and without (guidance <= 1: batch 1..8).
     assert fastpath.unet_batches(plan) == {
-        (w, h, b) for w in sizes for h in sizes for b in (1, 2, 3, 4, 6, 8)
+        (w, h, b) for w in sizes for h in sizes for b in (*range(1, 9), 10, 12, 14, 16)
     }
-    # The VAE decodes every sample count at every size, with guidance.
-    assert {(c.width, c.height, c.samples) for c in plan if c.guidance_scale > 1} == {
-        (w, h, n) for w in sizes for h in sizes for n in (1, 2, 3, 4)
+    assert {(c.width, c.height, c.images) for c in plan if c.guidance_scale > 1} == {
+        (w, h, n) for w in sizes for h in sizes for n in range(1, 9)
     }
-    assert len(plan) == len({(c.width, c.height, c.samples, c.guidance_scale) for c in plan}) == 24
+    assert len(plan) == len({(c.width, c.height, c.images, c.guidance_scale) for c in plan}) == 48
+    # Batching off: one job's samples are still one call of up to four images.
+    assert fastpath.call_sizes(settings.replace(batch_max_images=1), full) == (1, 2, 3, 4)
 
-    guided = FastPath.resolve(Settings(torch_compile="on", warmup="cfg", warmup_samples=(1,)), CUDA)
+    narrowed = settings.replace(warmup="cfg", warmup_images=(4, 2), compile_mode="auto")
+    guided = FastPath.resolve(narrowed, CUDA)
     assert guided.cudagraphs
-    twice = fastpath.warmup_plan((512,), guided)
+    assert fastpath.call_sizes(narrowed, guided) == (1, 2, 4)  # calls are cut to these; 1 always
+    twice = fastpath.warmup_plan((512,), guided, (1,))
     assert len(twice) == 2 and twice[0] == twice[1]  # CUDA graphs are recorded on the second call
     assert fastpath.unet_batches(twice) == {(512, 512, 2)}
 
-    basic = fastpath.warmup_plan(sizes, FastPath.resolve(Settings(), CPU))
-    assert [(c.width, c.height, c.samples) for c in basic] == [(512, 512, 1), (768, 768, 1)]
-    assert fastpath.warmup_plan(sizes, FastPath.resolve(Settings(warmup="off"), CPU)) == []
+    eager = Settings()
+    basic = fastpath.warmup_plan(sizes, FastPath.resolve(eager, CPU), (1,))
+    assert [(c.width, c.height, c.images) for c in basic] == [(512, 512, 1), (768, 768, 1)]
+    assert fastpath.call_sizes(eager, FastPath.resolve(eager, CPU)) == tuple(range(1, 9))
+    assert fastpath.warmup_plan(sizes, FastPath.resolve(Settings(warmup="off"), CPU), (1,)) == []
 
 
 def test_inputs_get_one_canonical_layout_per_shape() -> None:
@@ -239,7 +247,7 @@ def test_compiled_runner_compiles_only_at_load_and_never_on_a_scheduler_switch(
         torch_compile="on",
         compile_backend="aot_eager",
         warmup="cfg",
-        warmup_samples=(1,),
+        warmup_images=(1,),
         **FAST_SWITCHES,
     )
     runner = DiffusersRunner(settings)
