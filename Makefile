@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint bench bench-soak bench-batching bench-gpu model clean openapi workers deploy-check
+.PHONY: setup run test lint bench bench-soak bench-batching bench-gpu bench-sd15-cpu gpu-kit model clean openapi workers deploy-check
 
 setup: $(STAMP)
 
@@ -39,6 +39,14 @@ bench-batching: setup
 # GPU fast path figures: SD1.5 random weights on CUDA, the tiny model on CPU (ARGS="--smoke").
 bench-gpu: setup
 	$(PY) bench/gpu.py --json var/bench/gpu.json $(ARGS)
+
+# The full-size SD1.5 architecture through the whole service on this CPU (minutes; opt-in).
+bench-sd15-cpu: setup
+	$(PY) bench/sd15_cpu.py $(ARGS)
+
+# What a GPU machine with no network needs for bench/gpu_check.sh: wheels and redis-server.
+gpu-kit: setup
+	$(PY) bench/gpu_kit.py --out var/gpu-kit
 
 openapi: setup
 	$(PY) -m api.openapi --write

@@ -1,27 +1,36 @@
 """GPU fast path benchmark: images/s, latency, UNet it/s and TFLOP/s against the device's limit.
 
 For the reference request (DDIM, 25 steps at strength 0.75 = 18 denoising steps, guidance
-10.5, so classifier-free guidance doubles the UNet batch) at each size, in one run:
+10.5, so classifier-free guidance doubles the UNet batch), size by size, in stages ordered
+so that the most valuable figures come first:
 
-(a) the plain diffusers pipeline (float16 on CUDA, float32 on CPU);
-(b) the worker's runner with each fast-path part added in turn: baseline (SDPA),
-    + channels_last, + fused QKV, + host timesteps, + torch.compile (with its warm-up);
-    then every scheduler once on the compiled runner: graphs compiled (must be 0) and,
-    on CUDA, host-device synchronisations per loop iteration;
-(c) the whole service (gateway, Redis, worker, S3 on loopback, deploy/local.py) with one
-    client, then saturated by concurrent clients.
+1. ``plain``: the plain diffusers pipeline (float16 on CUDA, float32 on CPU) at batch 1
+   (one sample) and batch 4 (four samples of one request);
+2. ``eager``: the worker's runner with each eager fast-path part added in turn (baseline
+   SDPA, + channels_last, + fused QKV, + host timesteps), then every scheduler once on it:
+   host-device synchronisations per loop iteration (on CUDA);
+3. ``service``: the whole service (gateway, Redis, worker, S3 on loopback, deploy/local.py,
+   eager fast path, batching on) with one client (the single-request latency), then
+   saturated by concurrent clients (the headline images/s);
+4. ``compiled``: the runner with torch.compile in each ``--compile-modes`` mode, cheapest
+   first, with its compile and warm-up times; on the first, every scheduler once: graphs
+   compiled by a request (must be 0).
 
 Each row has images/s, p50/p95 latency, UNet it/s (denoising-loop iterations per second,
 timed with CUDA events on a GPU), achieved TFLOP/s and its fraction of the peak (790
 TFLOP/s, an H100's dense float16 rate as the issue states it), peak GPU memory, load and
-warm-up time. FLOPs are counted with torch's FlopCounterMode on the model's own
-architecture (meta tensors, no compute): for SD1.5 at 512x512, 803 GFLOP per UNet sample
-pass, 1.1 TFLOP per VAE encode, 2.5 TFLOP per decode, 32.5 TFLOP per reference image.
+warm-up time, and the pixel difference from the plain pipeline's image. FLOPs are counted
+with torch's FlopCounterMode on the model's own architecture (meta tensors, no compute): for
+SD1.5 at 512x512, 803 GFLOP per UNet sample pass, 1.1 TFLOP per VAE encode, 2.5 TFLOP per
+decode, 32.5 TFLOP per reference image. The JSON is written after every row.
+
+With ``--budget-seconds``, a stage whose estimate (:data:`ESTIMATES`, seconds on an H100 or
+H200 with SD1.5) does not fit in what is left is skipped, and the report says so.
 
 The model is the full SD1.5 architecture with random weights (worker/models.py; written
 once, then reused) on CUDA and the tiny model on CPU: same code, testable anywhere.
 
-    python bench/gpu.py [--sizes 512,768] [--rounds 10] [--clients 8] [--json out.json]
+    python bench/gpu.py [--sizes 512] [--rounds 10] [--clients 8] [--budget-seconds 480] [--json out.json]
     python bench/gpu.py --smoke --json out.json    # tiny model, 512 only, a few rounds
 """
 
@@ -72,15 +81,27 @@ from worker.runner import DiffusersRunner  # noqa: E402
 PEAK_TFLOPS = 790.0
 CPU_THREADS = 1
 SWITCHES = ("sdpa_attention", "channels_last", "fuse_qkv", "host_timesteps", "torch_compile")
-# Each variant adds one part to the one before.
+# Each eager variant adds one part to the one before (stage 4 adds torch.compile).
 VARIANTS: tuple[tuple[str, str], ...] = (
     ("baseline (SDPA)", "sdpa_attention"),
     ("+ channels_last", "channels_last"),
     ("+ fused QKV", "fuse_qkv"),
     ("+ host timesteps", "host_timesteps"),
-    ("+ torch.compile", "torch_compile"),
 )
 AUDIT_STEPS = (20, 0.2)  # num_inference_steps, strength: 4 denoising steps per scheduler
+STAGES = ("plain", "eager", "service", "compiled")
+# Seconds a stage takes for one size on an H100 or H200 with SD1.5 at 512x512 (loads,
+# compiles and warm-ups included; about twice that at 768): what --budget-seconds plans with.
+ESTIMATES: dict[str, float] = {"plain": 45.0, "eager": 75.0, "service": 100.0}
+COMPILE_ESTIMATES: dict[str, float] = {
+    "default": 120.0,
+    "reduce-overhead": 150.0,
+    "max-autotune-no-cudagraphs": 360.0,
+    "max-autotune": 420.0,
+}
+# The service's targets on a GPU, at 512x512 with the reference request.
+TARGET_IMAGES_PER_S = 12.0
+TARGET_LATENCY_MS = 250.0
 
 
 class StepClock:
@@ -138,8 +159,11 @@ class Bench:
             "flops": {},
             "rows": [],
             "schedulers": {},
+            "skipped": [],
+            "targets": {},
         }
         self.plain_images: dict[int, Image.Image] = {}
+        self.started = time.monotonic()
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -158,8 +182,6 @@ class Bench:
             warmup_images=(1,),
             load_timeout_seconds=3600.0,
         )
-        if self.args.compile_mode:
-            base = base.replace(compile_mode=self.args.compile_mode)
         if self.args.compile_backend:
             base = base.replace(compile_backend=self.args.compile_backend)
         return base.replace(**changes)
@@ -288,7 +310,7 @@ class Bench:
         self.report["flops"][str(size)] = counts
 
     def plain_pipeline(self, size: int) -> None:
-        """(a) A bare diffusers pipeline, as a user would call it.
+        """(1) A bare diffusers pipeline, as a user would call it, at batch 1 and 4.
 
         Calls run on one dedicated thread, as the runner's do, so both meet the same
         threading (CPU thread pools, CUDA streams) and differ only in the fast path.
@@ -304,7 +326,7 @@ class Bench:
         params = self.params(size)
         image = self.image(size)
 
-        def call(clock: StepClock) -> Image.Image:
+        def call(clock: StepClock, batch: int) -> Image.Image:
             def step_end(_pipe: Any, _i: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
                 clock.mark()
                 return kwargs
@@ -318,59 +340,72 @@ class Bench:
                     strength=params.strength,
                     num_inference_steps=params.num_inference_steps,
                     guidance_scale=params.guidance_scale,
-                    generator=[torch.Generator(device).manual_seed(params.seed)],
+                    num_images_per_prompt=batch,
+                    generator=[torch.Generator(device).manual_seed(params.seed + i) for i in range(batch)],
                     callback_on_step_end=step_end,
                 )
             first: Image.Image = result.images[0]
             return first
 
-        timing, output = self.timed(lambda clock: device_thread.submit(call, clock).result())
+        for batch in (1, 4):
+            timing, output = self.timed(lambda clock, b=batch: device_thread.submit(call, clock, b).result())
+            if batch == 1:
+                self.plain_images[size] = output
+            latencies = timing.pop("latencies")
+            name = "plain diffusers" if batch == 1 else f"plain diffusers x{batch}"
+            self.add(
+                self.row("pipeline", name, size, latencies, batch * len(latencies), sum(latencies), **timing)
+            )
         device_thread.shutdown()
-        self.plain_images[size] = output
-        latencies = timing.pop("latencies")
-        self.add(
-            self.row("pipeline", "plain diffusers", size, latencies, len(latencies), sum(latencies), **timing)
-        )
 
-    def runner_variants(self, size: int, audit: bool) -> None:
-        """(b) The worker's runner, one fast-path part added at a time."""
-        switches = dict.fromkeys(SWITCHES, "off")
+    def runner_row(self, name: str, size: int, settings: Settings, audit: str | None = None) -> None:
+        """Load a runner with ``settings``, time the reference request on it, and (with
+        ``audit``: syncs or graphs) run every scheduler once on it."""
         params = self.params(size)
         image = self.image(size)
-        for name, switch in VARIANTS:
+        runner = DiffusersRunner(settings)
+        graphs = fastpath.graphs_compiled()
+        runner.load()
+        load = {
+            "load_s": runner.load_seconds,
+            "warmup_s": runner.warmup_seconds,
+            "graphs_compiled_at_load": fastpath.graphs_compiled() - graphs,
+            "fast_path": runner.fast.describe(),
+        }
+
+        def call(clock: StepClock, runner: DiffusersRunner = runner) -> Image.Image:
+            return runner.run(params, image, [params.seed], lambda _step, _total: clock.mark())[0]
+
+        timing, output = self.timed(call)
+        latencies = timing.pop("latencies")
+        load.update(self.difference(size, output))
+        self.add(self.row("runner", name, size, latencies, len(latencies), sum(latencies), **load, **timing))
+        if audit is not None:
+            self.audit_schedulers(runner, size, audit)
+        runner.close()
+        del runner
+        self.release()
+
+    def eager_variants(self, size: int, audit: bool) -> None:
+        """(2) The worker's runner, one eager fast-path part added at a time."""
+        switches = dict.fromkeys(SWITCHES, "off")
+        for i, (name, switch) in enumerate(VARIANTS):
             switches[switch] = "on"
-            compiling = switches["torch_compile"] == "on"
-            settings = self.settings(
-                allowed_sizes=(size,), warmup="cfg" if compiling else "basic", **switches
-            )
-            runner = DiffusersRunner(settings)
-            graphs = fastpath.graphs_compiled()
-            runner.load()
-            load = {
-                "load_s": runner.load_seconds,
-                "warmup_s": runner.warmup_seconds,
-                "graphs_compiled_at_load": fastpath.graphs_compiled() - graphs,
-                "fast_path": runner.fast.describe(),
-            }
+            settings = self.settings(allowed_sizes=(size,), warmup="basic", **switches)
+            last = i == len(VARIANTS) - 1
+            self.runner_row(name, size, settings, audit="syncs" if audit and last else None)
 
-            def call(clock: StepClock, runner: DiffusersRunner = runner) -> Image.Image:
-                return runner.run(params, image, [params.seed], lambda _step, _total: clock.mark())[0]
+    def compiled_variant(self, size: int, mode: str, audit: bool) -> None:
+        """(4) The runner with every part and torch.compile in ``mode``, warmed up for one sample."""
+        settings = self.settings(
+            allowed_sizes=(size,), warmup="cfg", compile_mode=mode, **dict.fromkeys(SWITCHES, "on")
+        )
+        self.runner_row(f"+ torch.compile {mode}", size, settings, audit="graphs" if audit else None)
+        torch._dynamo.reset()  # the next mode or size compiles its own graphs
 
-            timing, output = self.timed(call)
-            latencies = timing.pop("latencies")
-            load.update(self.difference(size, output))
-            self.add(
-                self.row("runner", name, size, latencies, len(latencies), sum(latencies), **load, **timing)
-            )
-            if audit and compiling:
-                self.audit_schedulers(runner, size)
-            runner.close()
-            del runner
-            self.release()
-        torch._dynamo.reset()  # the next size's runner compiles its own graphs
-
-    def audit_schedulers(self, runner: DiffusersRunner, size: int) -> None:
-        """Every scheduler once on the compiled runner: new graphs and in-loop syncs."""
+    def audit_schedulers(self, runner: DiffusersRunner, size: int, what: str) -> None:
+        """Every scheduler once on ``runner``: in-loop syncs (``syncs``, on the eager fast
+        path) or graphs a request compiles (``graphs``, on a compiled runner)."""
         steps, strength = AUDIT_STEPS
         image = self.image(size)
         for name in SCHEDULERS:
@@ -395,18 +430,23 @@ class Bench:
                         torch.cuda.set_sync_debug_mode("default")
             elapsed = time.perf_counter() - started
             syncs = sum("synchroniz" in str(w.message) for w in caught)
-            self.report["schedulers"][name] = {
-                "loop_iterations": calls[0],
-                "new_graphs": fastpath.graphs_compiled() - graphs,
-                "loop_syncs_per_iteration": syncs / max(1, calls[0] - 1) if self.cuda else None,
-                "ms": elapsed * 1000,
-            }
+            entry = self.report["schedulers"].setdefault(
+                name, {"loop_iterations": calls[0], "loop_syncs_per_iteration": None, "new_graphs": None}
+            )
+            if what == "graphs":
+                entry["new_graphs"] = fastpath.graphs_compiled() - graphs
+                entry["compiled_ms"] = elapsed * 1000
+            else:
+                entry["loop_syncs_per_iteration"] = syncs / max(1, calls[0] - 1) if self.cuda else None
+                entry["ms"] = elapsed * 1000
         self.save()
 
     def service(self, size: int) -> None:
-        """(c) The whole farm on loopback: one client, then ``clients`` at once."""
-        # Without API keys: the figure is the service's path, not key bookkeeping.
-        settings = self.settings(allowed_sizes=(size,), warmup="cfg", auth_enabled=False)
+        """(3) The whole farm on loopback: one client, then ``clients`` at once (batching on)."""
+        # Without API keys: the figure is the service's path, not key bookkeeping. The eager
+        # fast path: a compiled worker warms up every batch batching can build, which takes
+        # longer than a lent device's minutes (stage 4 measures compile on the runner).
+        settings = self.settings(allowed_sizes=(size,), torch_compile="off", auth_enabled=False)
         body = reference_body(img_width=size, img_height=size)
         with tempfile.TemporaryDirectory(prefix="gpu-bench-") as tmp:
             started = time.perf_counter()
@@ -458,25 +498,66 @@ class Bench:
                     )
                 )
 
+    def fits(self, stage: str, size: int, estimate: float) -> bool:
+        """Whether ``stage`` at ``size`` fits in the budget; a skip is reported."""
+        budget = self.args.budget_seconds
+        if budget is None:
+            return True
+        left = budget - (time.monotonic() - self.started)
+        if estimate <= left:
+            return True
+        sys.stdout.write(f"  skipped {stage} at {size}: needs about {estimate:.0f} s, {left:.0f} s left\n")
+        self.report["skipped"].append({"stage": stage, "size": size, "estimate_s": estimate, "left_s": left})
+        self.save()
+        return False
+
     def run(self) -> dict[str, Any]:
         args = self.args
+        self.started = time.monotonic()
         sys.stdout.write(
             f"GPU fast path bench: {self.report['device']}, {self.arch} model, {self.report['dtype']}, "
-            f"sizes {args.sizes}, {args.rounds} rounds\n"
+            f"sizes {args.sizes}, {args.rounds} rounds, stages {', '.join(args.stages)}\n"
         )
         for size in args.sizes:
             self.count_flops(size)
         self.save()
-        # Size by size, so that a run cut short still has every figure of the first size.
+        # Size by size, stage by stage: a run cut short has every figure it finished.
         for i, size in enumerate(args.sizes):
-            if not args.skip_pipeline:
-                self.plain_pipeline(size)
-                self.release()
-            if not args.skip_runner:
-                self.runner_variants(size, audit=i == 0)
-            if not args.skip_service:
-                self.service(size)
+            scale = (size / 512) ** 2
+            for stage in args.stages:
+                if stage == "compiled":
+                    for j, mode in enumerate(args.compile_modes):
+                        if self.fits(f"compiled {mode}", size, COMPILE_ESTIMATES.get(mode, 600.0) * scale):
+                            self.compiled_variant(size, mode, audit=i == 0 and j == 0)
+                    continue
+                if not self.fits(stage, size, ESTIMATES[stage] * scale):
+                    continue
+                if stage == "plain":
+                    self.plain_pipeline(size)
+                    self.release()
+                elif stage == "eager":
+                    self.eager_variants(size, audit=i == 0)
+                elif stage == "service":
+                    self.service(size)
+        self.report["targets"] = targets(self.report)
+        self.report["seconds"] = time.monotonic() - self.started
+        self.save()
         return self.report
+
+
+def targets(report: dict[str, Any]) -> dict[str, Any]:
+    """The service's figures at 512x512 against its targets (None where not measured)."""
+    rows = [r for r in report["rows"] if r["section"] == "service" and r["size"] == "512x512"]
+    one = next((r for r in rows if r["name"] == "1 client"), None)
+    saturated = max((r["images_per_s"] for r in rows if r["name"] != "1 client"), default=None)
+    latency = None if one is None else one["p50_ms"]
+    return {
+        "images_per_s": {"target": TARGET_IMAGES_PER_S, "measured": saturated},
+        "latency_p50_ms": {"target": TARGET_LATENCY_MS, "measured": latency},
+        "met": None
+        if saturated is None or latency is None
+        else saturated >= TARGET_IMAGES_PER_S and latency <= TARGET_LATENCY_MS,
+    }
 
 
 def format_row(row: dict[str, Any]) -> str:
@@ -485,7 +566,7 @@ def format_row(row: dict[str, Any]) -> str:
         return format(value, fmt) if isinstance(value, int | float) else "-".rjust(len(format(0, fmt)))
 
     return (
-        f"{row['section']:8} {row['name']:18} {row['size']:>9} {num('images_per_s', '8.2f')} "
+        f"{row['section']:8} {row['name']:26} {row['size']:>9} {num('images_per_s', '8.2f')} "
         f"{num('p50_ms', '9.1f')} {num('p95_ms', '9.1f')} {num('unet_it_per_s', '8.1f')} "
         f"{num('tflops', '8.2f')} {(row['peak_fraction'] * 100):6.2f}% {num('gpu_mem_peak_mib', '8.0f')} "
         f"{num('warmup_s', '7.1f')}"
@@ -493,7 +574,7 @@ def format_row(row: dict[str, Any]) -> str:
 
 
 HEADER = (
-    f"{'section':8} {'name':18} {'size':>9} {'img/s':>8} {'p50 ms':>9} {'p95 ms':>9} {'UNet it/s':>8} "
+    f"{'section':8} {'name':26} {'size':>9} {'img/s':>8} {'p50 ms':>9} {'p95 ms':>9} {'UNet it/s':>8} "
     f"{'TFLOP/s':>8} {'of peak':>7} {'mem MiB':>8} {'warm s':>7}"
 )
 
@@ -516,35 +597,109 @@ def print_table(report: dict[str, Any]) -> None:
     ):
         out.write(format_row(row) + "\n")
     if report["schedulers"]:
-        out.write("\nschedulers on the compiled runner: new graphs, syncs per loop iteration\n")
+        out.write(
+            "\nschedulers: graphs a request compiled (compiled runner), syncs per loop iteration (eager)\n"
+        )
         for name, audit in report["schedulers"].items():
-            syncs = audit["loop_syncs_per_iteration"]
-            out.write(f"  {name:14} {audit['new_graphs']:3d}  {'-' if syncs is None else f'{syncs:.2f}'}\n")
+            graphs, syncs = audit["new_graphs"], audit["loop_syncs_per_iteration"]
+            shown = ("-" if graphs is None else str(graphs), "-" if syncs is None else f"{syncs:.2f}")
+            out.write(f"  {name:14} {shown[0]:>3}  {shown[1]}\n")
+    for skip in report["skipped"]:
+        out.write(f"skipped {skip['stage']} at {skip['size']}: about {skip['estimate_s']:.0f} s needed, ")
+        out.write(f"{skip['left_s']:.0f} s left\n")
+    goal = report.get("targets") or {}
+    if goal and goal["met"] is not None:
+        rate, latency = goal["images_per_s"]["measured"], goal["latency_p50_ms"]["measured"]
+        out.write(
+            f"targets at 512x512: {rate:.2f} img/s (>= {TARGET_IMAGES_PER_S:.0f}), "
+            f"p50 {latency:.1f} ms (<= {TARGET_LATENCY_MS:.0f}): {'met' if goal['met'] else 'not met'}\n"
+        )
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """README's GPU table from a report: one row per measured row, then the targets."""
+    lines = [
+        f"{report['device']}, torch {report['torch']}, diffusers {report['diffusers']}, {report['arch']} "
+        f"({report['dtype']}), reference request ({report['denoising_steps']} denoising steps, CFG)",
+        "",
+        "| stage | variant | size | img/s | p50 ms | p95 ms | UNet it/s | TFLOP/s | of peak | GPU MiB "
+        "| load s | warm-up s | max/mean px diff |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def num(row: dict[str, Any], key: str, fmt: str) -> str:
+        value = row.get(key)
+        return format(value, fmt) if isinstance(value, int | float) else "-"
+
+    for row in report["rows"]:
+        diff = (
+            "-"
+            if row.get("max_abs_diff") is None
+            else f"{row['max_abs_diff']:.0f} / {row['mean_abs_diff']:.3f}"
+        )
+        cells = [
+            row["section"],
+            row["name"],
+            row["size"],
+            num(row, "images_per_s", ".2f"),
+            num(row, "p50_ms", ".1f"),
+            num(row, "p95_ms", ".1f"),
+            num(row, "unet_it_per_s", ".1f"),
+            num(row, "tflops", ".1f"),
+            f"{row['peak_fraction'] * 100:.1f}%",
+            num(row, "gpu_mem_peak_mib", ".0f"),
+            num(row, "load_s", ".1f"),
+            num(row, "warmup_s", ".1f"),
+            diff,
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    for skip in report.get("skipped", []):
+        lines.append(
+            f"\nSkipped: {skip['stage']} at {skip['size']} (about {skip['estimate_s']:.0f} s needed)."
+        )
+    goal = report.get("targets") or {}
+    if goal.get("met") is not None:
+        lines.append(
+            f"\nTargets at 512x512: {goal['images_per_s']['measured']:.2f} img/s saturated (>= "
+            f"{TARGET_IMAGES_PER_S:.0f}), {goal['latency_p50_ms']['measured']:.1f} ms p50 for one request "
+            f"(<= {TARGET_LATENCY_MS:.0f}): {'met' if goal['met'] else 'not met'}."
+        )
+    return "\n".join(lines) + "\n"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--model", type=Path, help="model directory (written when missing)")
     parser.add_argument("--arch", choices=("tiny", "sd15"), help="default: sd15 on CUDA, tiny on CPU")
-    parser.add_argument("--sizes", default="512,768", help="square sizes, comma-separated")
+    parser.add_argument("--sizes", default="512", help="square sizes, comma-separated")
+    parser.add_argument("--stages", default=",".join(STAGES), help="stages to run, in this order")
+    parser.add_argument(
+        "--compile-modes", default="default,reduce-overhead", help="COMPILE_MODEs of stage 4, cheapest first"
+    )
+    parser.add_argument("--budget-seconds", type=float, help="skip a stage that would not fit in this")
     parser.add_argument("--rounds", type=int, default=10, help="measured calls per row")
     parser.add_argument("--warmup", type=int, default=2, help="unmeasured calls before each row")
     parser.add_argument("--service-rounds", type=int, default=10, help="requests per client")
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients at saturation")
-    parser.add_argument("--compile-mode", help="COMPILE_MODE for the compiled variant and the service")
     parser.add_argument("--compile-backend", help="COMPILE_BACKEND (default inductor)")
     parser.add_argument("--peak-tflops", type=float, default=PEAK_TFLOPS)
-    parser.add_argument("--skip-pipeline", action="store_true")
-    parser.add_argument("--skip-runner", action="store_true")
-    parser.add_argument("--skip-service", action="store_true")
+    parser.add_argument(
+        "--skip-service", action="store_true", help="leave out stage 3 (no redis-server here)"
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny model, 512 only, 1 round, 2 clients")
     parser.add_argument("--json", type=Path, help="write the results here (after every row)")
+    parser.add_argument("--markdown", type=Path, help="print README's table from this report and stop")
     args = parser.parse_args(argv)
     args.sizes = [int(s) for s in str(args.sizes).split(",") if s]
+    args.stages = [s for s in str(args.stages).split(",") if s and not (s == "service" and args.skip_service)]
+    if unknown := set(args.stages) - set(STAGES):
+        parser.error(f"unknown stages: {', '.join(sorted(unknown))}")
+    args.compile_modes = [m for m in str(args.compile_modes).split(",") if m]
     if args.smoke:
         args.arch = args.arch or "tiny"
-        args.sizes = args.sizes[:1] if args.sizes != [512, 768] else [512]
+        args.sizes = args.sizes[:1]
         args.rounds, args.warmup, args.service_rounds, args.clients = 1, 1, 1, 2
+        args.compile_modes = args.compile_modes[:1]
         if not torch.cuda.is_available():
             # Inductor's C++ build of even the tiny model takes minutes on a small CPU; the
             # eager backend still captures every graph with dynamo, guards and all.
@@ -566,6 +721,9 @@ def quiet_progress() -> Iterator[None]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.markdown:
+        sys.stdout.write(markdown(json.loads(args.markdown.read_text())))
+        return
     with quiet_progress():
         report = Bench(args).run()
     print_table(report)
