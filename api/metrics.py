@@ -102,7 +102,7 @@ class FarmCollector(Collector):
             jobs.add_metric([status], float(count))
         yield jobs
 
-        stats = self._service.store.stats()
+        stats = self._service.store.counters.all()
         yield CounterMetricFamily("img2img_images", "Images generated", value=float(stats.get("images", 0)))
         yield CounterMetricFamily(
             "img2img_pipeline_calls",
@@ -113,11 +113,11 @@ class FarmCollector(Collector):
         yield GaugeMetricFamily(
             "img2img_uploads_pending",
             "Succeeded jobs whose outputs are not in S3 yet (kept in Redis until they are)",
-            value=float(self._service.store.pending_uploads()),
+            value=float(self._service.store.uploads.pending()),
         )
 
         window = settings.worker_fresh_seconds
-        ready = len(self._service.store.ready_workers(max_age=window))
+        ready = len(self._service.store.workers.fresh(max_age=window))
         yield GaugeMetricFamily("img2img_workers_ready", "Workers with a loaded model", value=float(ready))
 
         for name in HISTOGRAMS:

@@ -26,12 +26,12 @@ from shared.errors import (
 )
 from shared.images import check_image_bytes
 from shared.jobs import Job, input_key, new_job_id
-from shared.jobstore import Idempotency, JobStore, SubmitOutcome, Submitted, Watched
 from shared.keys import KeyStore
 from shared.pricing import format_credits, job_cost_milli
 from shared.schema import RANDOM_SEED, GenerationParams
 from shared.settings import Settings
 from shared.storage import Storage
+from shared.store import Idempotency, JobStore, SubmitOutcome, Submitted, Watched
 from shared.webhooks import WebhookSender, enqueue_webhook
 
 log = logging.getLogger(__name__)
@@ -111,17 +111,17 @@ class JobService:
         if idempotency_key is None:
             return self._enqueue(job_id, params, image, webhook, owner)
         idempotency = Idempotency(f"{owner or ''}:{idempotency_key}", _fingerprint(params, image, webhook))
-        owner_fp, owner_job = self.store.claim_idempotency_key(
+        owner_fp, owner_job = self.store.idempotency.claim(
             idempotency, job_id, self.settings.idempotency_ttl_seconds
         )
         if owner_fp != idempotency.fingerprint:
             raise IdempotencyMismatch("Idempotency-Key was already used with a different body")
         if owner_job != job_id:
-            job = self.store.wait(owner_job, _CLAIM_WAIT_SECONDS, any_event=True)
+            job = self.store.waits.wait(owner_job, _CLAIM_WAIT_SECONDS, any_event=True)
             if job is not None:
                 log.info("job %s: returned again for its idempotency key", owner_job)
                 return job
-            if not self.store.rebind_idempotency_key(idempotency, owner_job, job_id):
+            if not self.store.idempotency.rebind(idempotency, owner_job, job_id):
                 raise Unavailable("the job for this Idempotency-Key is still being accepted; retry")
             log.warning("job %s: never recorded; its idempotency key now names job %s", owner_job, job_id)
         try:
@@ -129,7 +129,7 @@ class JobService:
         except redis.RedisError:
             raise  # the job may have been recorded: the key stays bound for the retry to find it
         except Exception:
-            self.store.release_idempotency_key(idempotency, job_id)
+            self.store.idempotency.release(idempotency, job_id)
             raise
 
     def _enqueue(
@@ -151,7 +151,7 @@ class JobService:
             params = replace(params, seed=secrets.randbelow(_RANDOM_SEED_BOUND))
         seeds = [params.seed + i for i in range(params.samples)]
         cost = job_cost_milli(params, self.settings) if owner else 0
-        submitted = self.store.submit(
+        submitted = self.store.jobs.submit(
             job_id,
             params,
             seeds,
@@ -168,7 +168,7 @@ class JobService:
             self.celery.send_task(RUN_JOB_TASK, args=[job_id], queue=self.settings.queue_name)
         except (KombuError, OSError) as exc:
             log.error("job %s: cannot enqueue: %s", job_id, exc)
-            self.store.fail_queued(job_id, "the queue is unavailable")  # refunds the charge
+            self.store.jobs.fail_queued(job_id, "the queue is unavailable")  # refunds the charge
             raise Unavailable("the queue is unavailable; try again") from exc
         self._check_decodes(job_id, image)
         self._store_input(job_id, image)
@@ -182,8 +182,8 @@ class JobService:
             check_image_bytes(image, self.settings)
         except InvalidInput as exc:
             # A worker that started the job already fails it on the same decode.
-            if self.store.fail_queued(job_id, exc.message):
-                self.store.drop_input(job_id)
+            if self.store.jobs.fail_queued(job_id, exc.message):
+                self.store.blobs.drop_input(job_id)
             log.info("job %s: taken back, the image does not decode: %s", job_id, exc.message)
             raise
 
@@ -191,17 +191,17 @@ class JobService:
         try:
             self.storage.put(input_key(job_id), image, "application/octet-stream")
         except Unavailable:
-            if self.store.fail_queued(job_id, "storage unavailable: the input could not be stored"):
-                self.store.drop_input(job_id)
+            if self.store.jobs.fail_queued(job_id, "storage unavailable: the input could not be stored"):
+                self.store.blobs.drop_input(job_id)
                 raise
             # A worker took the job from the Redis copy, which stays until the job expires.
             log.warning("job %s: input not in S3; running from its Redis copy", job_id, exc_info=True)
             return
-        self.store.input_stored(job_id)
+        self.store.blobs.input_stored(job_id)
 
     def get(self, job_id: str, owner: str | None = None) -> Job:
         """The job, if ``owner`` may see it (another key's job is reported as missing)."""
-        job = self.store.get(job_id)
+        job = self.store.jobs.get(job_id)
         if job is None or (owner is not None and job.owner != owner):
             raise NotFound(f"no job {job_id}")
         return job
@@ -210,7 +210,7 @@ class JobService:
         """The job once it ends, or as it stands when ``timeout`` runs out, with the outputs
         its answer carries (all with ``base64``, else the first) while Redis keeps them, and
         its owner's balance, read together with the event that ends the wait."""
-        watched = self.store.watch(
+        watched = self.store.waits.watch(
             job.id, timeout, images=job.params.samples if job.params.base64 else 1, owner=job.owner
         )
         if watched.job is None:
@@ -227,7 +227,7 @@ class JobService:
     def cancel(self, job_id: str, owner: str | None = None) -> Job:
         """Cancel a queued job now or a running one at its next step; finished jobs: 409."""
         self.get(job_id, owner)
-        previous = self.store.cancel(job_id)
+        previous = self.store.jobs.cancel(job_id)
         if previous is None:
             raise NotFound(f"no job {job_id}")
         if previous.terminal:
@@ -246,19 +246,19 @@ class JobService:
     def queue_estimate(self, job_id: str) -> tuple[int, float | None]:
         """Jobs ahead of this one and a rough wait: (position + 1) x average run / workers."""
         # A job read as queued that has just left the queue set is being started: next up.
-        position = self.store.queue_position(job_id) or 0
-        average = self.store.average_run_seconds()
+        position = self.store.jobs.queue_position(job_id) or 0
+        average = self.store.counters.average_run_seconds()
         if average is None:
             return position, None
         window = self.settings.worker_fresh_seconds
-        workers = max(1, len(self.store.ready_workers(max_age=window)))
+        workers = max(1, len(self.store.workers.fresh(max_age=window)))
         return position, round((position + 1) * average / workers, 2)
 
     def image(self, job: Job, index: int) -> bytes:
         """Output ``index`` of a succeeded job: from Redis while it is kept there, else S3."""
         if not 0 <= index < len(job.outputs):
             raise NotFound(f"job {job.id} has no image {index}")
-        cached = self.store.cached_result(job.id, index)
+        cached = self.store.blobs.result(job.id, index)
         return cached if cached is not None else self.storage.get(job.outputs[index])
 
     def images(
@@ -268,7 +268,7 @@ class JobService:
         ``cached``, those already read from Redis."""
         keys = job.outputs[: len(job.outputs) if count is None else count]
         if cached is None or len(cached) < len(keys):
-            cached = self.store.cached_results(job.id, len(keys))
+            cached = self.store.blobs.results(job.id, len(keys))
         return [
             data if data is not None else self.storage.get(key)
             for data, key in zip(cached, keys, strict=True)
@@ -280,7 +280,7 @@ class JobService:
         try:
             checks["redis"] = self.store.ping()
             window = self.settings.worker_fresh_seconds
-            checks["workers"] = bool(self.store.ready_workers(max_age=window))
+            checks["workers"] = bool(self.store.workers.fresh(max_age=window))
         except Exception:
             log.warning("readiness: redis check failed", exc_info=True)
         checks["storage"] = self.storage.ping()

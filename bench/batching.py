@@ -29,8 +29,8 @@ import requests  # noqa: E402
 
 from bench.stats import percentile  # noqa: E402
 from deploy.local import Farm, local_farm  # noqa: E402
-from shared.jobstore import JobStore  # noqa: E402
 from shared.settings import Settings  # noqa: E402
+from shared.store import JobStore  # noqa: E402
 from tests.helpers import reference_body  # noqa: E402
 from worker.models import ensure_tiny_model  # noqa: E402
 
@@ -38,7 +38,7 @@ from worker.models import ensure_tiny_model  # noqa: E402
 def load(farm: Farm, clients: int, per_client: int, body: dict[str, Any]) -> dict[str, Any]:
     """``clients`` threads, each sending ``per_client`` sync requests back to back."""
     store = JobStore(farm.settings)
-    before = store.stats()
+    before = store.counters.all()
     latencies: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
@@ -65,7 +65,7 @@ def load(farm: Farm, clients: int, per_client: int, body: dict[str, Any]) -> dic
     for thread in threads:
         thread.join()
     seconds = time.monotonic() - began
-    after = store.stats()
+    after = store.counters.all()
     calls = after.get("pipeline_calls", 0) - before.get("pipeline_calls", 0)
     jobs = after.get("pipeline_jobs", 0) - before.get("pipeline_jobs", 0)
     return {

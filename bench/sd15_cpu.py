@@ -38,9 +38,9 @@ from PIL import Image  # noqa: E402
 
 from deploy.local import local_farm  # noqa: E402
 from shared.images import prepare_image  # noqa: E402
-from shared.jobstore import JobStore  # noqa: E402
 from shared.schema import REFERENCE_REQUEST, GenerationParams  # noqa: E402
 from shared.settings import Settings  # noqa: E402
+from shared.store import JobStore  # noqa: E402
 from tests.helpers import reference_body, sample_image  # noqa: E402
 from worker.models import write_pipeline  # noqa: E402
 from worker.runner import DiffusersRunner  # noqa: E402
@@ -90,7 +90,7 @@ def through_the_service(model: Path, steps: int, strength: float) -> dict[str, A
             image = Image.open(io.BytesIO(reply.content))
             if image.format != "JPEG" or image.size != (SIZE, SIZE):
                 raise RuntimeError(f"expected a {SIZE}x{SIZE} JPEG, got {image.format} {image.size}")
-            job = JobStore(farm.settings).get(reply.headers["x-job-id"])
+            job = JobStore(farm.settings).jobs.get(reply.headers["x-job-id"])
             pool_pid = int(str(job.worker if job else "").rsplit(":", 1)[1])
             memory = peak_rss_mib(pool_pid)
             loaded = _LOADED.search(farm.workers[0].log_file.read_text())

@@ -45,8 +45,8 @@ import requests  # noqa: E402
 
 from bench.stats import percentile  # noqa: E402
 from deploy.local import Farm, WorkerProcess, local_farm  # noqa: E402
-from shared.jobstore import JobStore  # noqa: E402
 from shared.settings import Settings  # noqa: E402
+from shared.store import JobStore  # noqa: E402
 from tests.helpers import reference_body  # noqa: E402
 from worker.models import ensure_tiny_model  # noqa: E402
 
@@ -114,7 +114,7 @@ class Soak:
             replacement = WorkerProcess(self.farm.settings, self.workdir, name=f"worker{generation}")
             self.replacements.append(replacement)
             generation += 1
-            before = store.ready_workers(max_age=3600)
+            before = store.workers.fresh(max_age=3600)
             replacement.start()
             replacement.wait_ready(store, timeout=300, before=before)
             self.farm.workers.append(replacement)
@@ -122,7 +122,7 @@ class Soak:
     def run(self) -> dict[str, Any]:
         store = JobStore(self.farm.settings)
         # Jobs carried by completed pipeline calls (a batched call carries several).
-        runs_before = store.stats().get("pipeline_jobs", 0)
+        runs_before = store.counters.all().get("pipeline_jobs", 0)
         threads = [threading.Thread(target=self.client, args=(i,)) for i in range(self.clients)]
         threads.append(threading.Thread(target=self.killer))
         for thread in threads:
@@ -137,7 +137,7 @@ class Soak:
         outcomes: dict[str, str] = {}
         while pending and time.monotonic() < deadline:
             for job_id in list(pending):
-                job = store.get(job_id)
+                job = store.jobs.get(job_id)
                 if job is not None and job.status.terminal:
                     outcomes[job_id] = job.status.value
                     pending.discard(job_id)
@@ -145,7 +145,7 @@ class Soak:
         for worker in self.replacements:
             worker.stop()
         succeeded = sum(1 for status in outcomes.values() if status == "succeeded")
-        runs = store.stats().get("pipeline_jobs", 0) - runs_before
+        runs = store.counters.all().get("pipeline_jobs", 0) - runs_before
         return {
             "clients": self.clients,
             "seconds": self.seconds,
@@ -177,7 +177,7 @@ class ColdStart:
     def run(self) -> dict[str, Any]:
         http = requests.Session()
         store = JobStore(self.farm.settings)
-        runs_before = store.stats().get("pipeline_jobs", 0)
+        runs_before = store.counters.all().get("pipeline_jobs", 0)
         accepted: list[str] = []
         for i in range(self.jobs):
             body = reference_body(seed=i, num_inference_steps=20 + 5 * (i % 4), strength=0.2, base64=True)
@@ -207,7 +207,7 @@ class ColdStart:
         deadline = started + self.load_seconds + 60 + 5 * self.jobs
         while len(ended) < len(accepted) and time.monotonic() < deadline:
             for job_id in accepted:
-                job = store.get(job_id)
+                job = store.jobs.get(job_id)
                 if job_id not in ended and job is not None and job.status.terminal:
                     ended[job_id] = job
                     first_result = first_result or time.monotonic() - started
@@ -217,7 +217,7 @@ class ColdStart:
         for worker in (broken, *workers):
             worker.stop()
         succeeded = sum(1 for job in ended.values() if job.status.value == "succeeded")
-        runs = store.stats().get("pipeline_jobs", 0) - runs_before
+        runs = store.counters.all().get("pipeline_jobs", 0) - runs_before
         return {
             "jobs": self.jobs,
             "workers": self.workers,

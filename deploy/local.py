@@ -24,10 +24,10 @@ from pathlib import Path
 
 import redis
 
-from shared.jobstore import JobStore
 from shared.keys import KeyStore, key_id_of
 from shared.pricing import to_milli
 from shared.settings import Settings
+from shared.store import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ class WorkerProcess(ManagedProcess):
         def ready() -> bool:
             if not self.alive():
                 raise StartError(f"{self.name} exited")
-            return bool(set(store.ready_workers(max_age=30)) - known)
+            return bool(set(store.workers.fresh(max_age=30)) - known)
 
         wait_until(ready, timeout, self.name, self.log_file)
 
@@ -325,7 +325,7 @@ def local_farm(
         for i in range(workers):
             worker = WorkerProcess(settings, workdir / "log", name=f"worker{i}")
             stack.callback(worker.stop)
-            before = store.ready_workers(max_age=3600)
+            before = store.workers.fresh(max_age=3600)
             worker.start()
             worker.wait_ready(store, timeout=settings.load_timeout_seconds, before=before)
             farm.workers.append(worker)

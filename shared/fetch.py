@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
 from shared.errors import InvalidInput, PayloadTooLarge
+from shared.schema import MAX_URL_CHARS
 from shared.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,6 @@ Resolver = Callable[[str, int, float], Sequence[str]]
 """``(host, port, timeout) -> addresses``: how a host name becomes IP addresses."""
 
 FIELD = "image"
-MAX_URL_CHARS = 2048
 USER_AGENT = "img2img-farm-image-fetch/1"
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CHUNK = 64 * 1024

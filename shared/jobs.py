@@ -78,7 +78,7 @@ class Job:
 
     @classmethod
     def from_hash(cls, data: Mapping[str, str]) -> Job:
-        """Read the Redis hash written by :class:`shared.jobstore.JobStore`."""
+        """Read the Redis hash written by :class:`shared.store.jobs.Jobs`."""
         return cls(
             id=data["id"],
             status=JobStatus(data["status"]),

@@ -5,7 +5,7 @@ and logs; ``secret`` (32 random bytes) is never stored. Redis keeps only SHA-256
 whole key; a presented key is checked by comparing digests inside Redis (how long a
 comparison takes can tell about the stored digest, never about the secret, which the
 digest does not give away). Balances are integer millicredits; a job's charge is taken
-by the script that records the job (:meth:`shared.jobstore.JobStore.submit`), which never
+by the script that records the job (:meth:`shared.store.jobs.Jobs.submit`), which never
 lets a balance go below zero however many requests race.
 """
 
@@ -20,25 +20,10 @@ from typing import Any, cast
 import redis
 
 from shared.settings import Settings
+from shared.store.keys import RedisKeys
+from shared.store.scripts import Script
 
 KEY_PREFIX = "i2i_"
-
-# KEYS: key hash, rate window counter. ARGV: digest of the presented key, window seconds
-# (0: do not count). Returns false unless the digest matches a key that is not revoked;
-# else {requests counted in this window, the key's fields...}. Only a valid key counts a
-# request, so wrong secrets never use up a key's rate limit.
-_AUTHENTICATE = """
-local stored = redis.call('HGET', KEYS[1], 'hash')
-if not stored or stored ~= ARGV[1] or redis.call('HGET', KEYS[1], 'revoked') == '1' then
-  return false
-end
-local count = 0
-if tonumber(ARGV[2]) > 0 then
-  count = redis.call('INCR', KEYS[2])
-  if count == 1 then redis.call('EXPIRE', KEYS[2], ARGV[2] + 1) end
-end
-return {count, redis.call('HGETALL', KEYS[1])}
-"""
 
 
 @dataclass(frozen=True)
@@ -89,14 +74,14 @@ class KeyStore:
     """Keys, balances and rate-limit windows. Thread-safe."""
 
     def __init__(self, settings: Settings, client: redis.Redis | None = None) -> None:
-        self._prefix = settings.key_prefix
+        self._keys = RedisKeys(settings.key_prefix)
         self._redis = client or redis.Redis.from_url(
             settings.redis_url, decode_responses=True, socket_timeout=10, socket_connect_timeout=5
         )
-        self._authenticate = self._redis.register_script(_AUTHENTICATE)
+        self._authenticate = Script(self._redis, "authenticate")
 
     def _key(self, key_id: str) -> str:
-        return f"{self._prefix}:apikey:{key_id}"
+        return self._keys.apikey(key_id)
 
     # -- administration -------------------------------------------------------
 
@@ -121,7 +106,7 @@ class KeyStore:
         if not self._redis.hsetnx(self._key(key_id), "id", key_id):
             raise ValueError(f"key {key_id} already exists")
         self._redis.hset(self._key(key_id), mapping=cast(dict[Any, Any], fields))
-        self._redis.sadd(f"{self._prefix}:apikeys", key_id)
+        self._redis.sadd(self._keys.apikeys, key_id)
         return key, ApiKey.from_hash(fields)
 
     def get(self, key_id: str) -> ApiKey | None:
@@ -129,7 +114,7 @@ class KeyStore:
         return ApiKey.from_hash(data) if data.get("hash") else None
 
     def list(self) -> list[ApiKey]:
-        ids = sorted(cast(set[str], self._redis.smembers(f"{self._prefix}:apikeys")))
+        ids = sorted(cast(set[str], self._redis.smembers(self._keys.apikeys)))
         return [key for key in (self.get(key_id) for key_id in ids) if key is not None]
 
     def add_credits(self, key_id: str, amount_milli: int) -> int:
@@ -170,8 +155,8 @@ class KeyStore:
         now = time.time()
         window = int(now // window_seconds) if window_seconds else 0
         reply = self._authenticate(
-            keys=[self._key(key_id), f"{self._prefix}:rate:{key_id}:{window}"],
-            args=[digest(key), window_seconds],
+            keys={"apikey": self._key(key_id), "window": self._keys.rate_window(key_id, window)},
+            args={"digest": digest(key), "window_seconds": window_seconds},
         )
         if not reply:
             return None

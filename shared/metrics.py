@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Final, cast
+from typing import Final
 
-import redis
-
-from shared.jobstore import JobStore
+from shared.store import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +25,6 @@ HISTOGRAMS: Final[tuple[str, ...]] = (QUEUE_WAIT, TIME_TO_RESULT)
 
 INF: Final = "+Inf"
 
-# Celery's Redis transport keeps a queue as a list named after it, plus one list per
-# priority step above 0 (``{queue}\x06\x16{step}``) when priorities are used.
-_PRIORITY_SEPARATOR: Final = "\x06\x16"
-_PRIORITY_STEPS: Final[tuple[int, ...]] = (3, 6, 9)
 _STATUS_PREFIX: Final = "jobs_"
 
 
@@ -52,26 +46,18 @@ def bucket_label(bound: float) -> str:
 
 
 class FarmMetrics:
-    """Reads and writes the farm-wide numbers through a :class:`JobStore`'s Redis client."""
+    """Reads and writes the farm-wide numbers kept by a :class:`JobStore`."""
 
     def __init__(self, store: JobStore) -> None:
         self._store = store
 
-    @property
-    def _redis(self) -> redis.Redis:
-        return self._store.redis
-
     def observe(self, name: str, seconds: float) -> None:
         """Add one observation to histogram ``name`` (one bucket field, count and sum)."""
         bucket = next((bucket_label(b) for b in LATENCY_BUCKETS if seconds <= b), INF)
-        key = self._store.key("hist", name)
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.hincrby(key, bucket, 1)
-        pipe.hincrbyfloat(key, "sum", max(seconds, 0.0))
-        pipe.execute()
+        self._store.counters.observe(name, bucket, seconds)
 
     def histogram(self, name: str) -> HistogramSnapshot:
-        data = cast(dict[str, str], self._redis.hgetall(self._store.key("hist", name)))
+        data = self._store.counters.histogram(name)
         running = 0
         buckets: list[tuple[str, int]] = []
         for label in (*(bucket_label(b) for b in LATENCY_BUCKETS), INF):
@@ -81,16 +67,12 @@ class FarmMetrics:
 
     def queue_depth(self, queue: str) -> int:
         """Messages waiting in the Celery queue ``queue`` (not those a worker holds)."""
-        names = [queue, *(f"{queue}{_PRIORITY_SEPARATOR}{step}" for step in _PRIORITY_STEPS)]
-        pipe = self._redis.pipeline(transaction=False)
-        for name in names:
-            pipe.llen(name)
-        return sum(int(length) for length in pipe.execute())
+        return self._store.broker.depth(queue)
 
     def jobs_by_status(self) -> dict[str, int]:
         """How many jobs ever entered each status (``queued`` counts every job created)."""
         return {
             name.removeprefix(_STATUS_PREFIX): value
-            for name, value in self._store.stats().items()
+            for name, value in self._store.counters.all().items()
             if name.startswith(_STATUS_PREFIX)
         }

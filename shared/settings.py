@@ -10,9 +10,14 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from shared.schema import MAX_SAMPLES
+
+Switch = Literal["auto", "on", "off"]
+DType = Literal["auto", "float16", "bfloat16", "float32"]
+CompileMode = Literal["auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+Warmup = Literal["auto", "full", "cfg", "basic", "off"]
 
 
 class SettingsError(ValueError):
@@ -82,7 +87,7 @@ class Settings:
     model_id: str = ""
     model_dir: str = "var/models/tiny"
     device: str = "auto"
-    dtype: str = "auto"
+    dtype: DType = "auto"
     torch_threads: int = 0
     runner: str = "worker.runner:DiffusersRunner"
     task_soft_time_limit: int = 300
@@ -108,14 +113,14 @@ class Settings:
 
     # Worker fast path (worker/fastpath.py). Switches take auto, on or off; auto means on for
     # CUDA and off on CPU, except SDPA attention, which auto turns on everywhere.
-    sdpa_attention: str = "auto"
-    channels_last: str = "auto"
-    fuse_qkv: str = "auto"
-    host_timesteps: str = "auto"
-    torch_compile: str = "auto"
-    compile_mode: str = "auto"  # auto: max-autotune on CUDA, default on CPU
+    sdpa_attention: Switch = "auto"
+    channels_last: Switch = "auto"
+    fuse_qkv: Switch = "auto"
+    host_timesteps: Switch = "auto"
+    torch_compile: Switch = "auto"
+    compile_mode: CompileMode = "auto"  # auto: max-autotune on CUDA, default on CPU
     compile_backend: str = "inductor"
-    warmup: str = "auto"  # auto: full when compiling, basic otherwise; full, cfg, basic, off
+    warmup: Warmup = "auto"  # auto: full when compiling, basic otherwise
     # Images per pipeline call a compiled warm-up covers (empty: every count up to the
     # largest call); calls are cut to these sizes so that no request compiles.
     warmup_images: tuple[int, ...] = ()
@@ -135,12 +140,14 @@ class Settings:
                 continue
             values[f.name] = _parse(f.name, raw, type(getattr(_DEFAULTS, f.name)))
         values.update(overrides)
-        settings = cls(**values)
-        settings.check()
-        return settings
+        return cls(**values)
+
+    def __post_init__(self) -> None:
+        self.check()
 
     def check(self) -> None:
-        """Refuse combinations that would break the delivery guarantees."""
+        """Refuse values outside a setting's choices, and combinations that would break the
+        delivery guarantees; run however the settings are built."""
         if not self.allowed_sizes:
             raise SettingsError("ALLOWED_SIZES must name at least one size")
         for size in self.allowed_sizes:
@@ -152,18 +159,11 @@ class Settings:
             raise SettingsError("VISIBILITY_TIMEOUT must be longer than TASK_TIME_LIMIT")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise SettingsError("DEVICE must be auto, cpu, cuda or cuda:N")
-        if self.dtype not in ("auto", "float16", "float32", "bfloat16"):
-            raise SettingsError("DTYPE must be auto, float16, bfloat16 or float32")
-        for switch in ("sdpa_attention", "channels_last", "fuse_qkv", "host_timesteps", "torch_compile"):
-            if getattr(self, switch) not in ("auto", "on", "off"):
-                raise SettingsError(f"{switch.upper()} must be auto, on or off")
-        modes = ("auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-        if self.compile_mode not in modes:
-            raise SettingsError(f"COMPILE_MODE must be one of {', '.join(modes)}")
+        for name, choices in _CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise SettingsError(f"{name.upper()} must be one of {', '.join(choices)}")
         if not self.compile_backend:
             raise SettingsError("COMPILE_BACKEND must name a torch.compile backend")
-        if self.warmup not in ("auto", "full", "cfg", "basic", "off"):
-            raise SettingsError("WARMUP must be auto, full, cfg, basic or off")
         if not all(1 <= n <= self.largest_call for n in self.warmup_images):
             raise SettingsError("WARMUP_IMAGES must list image counts between 1 and the largest call")
         if self.image_url_connect_timeout <= 0 or self.image_url_timeout <= 0:
@@ -208,10 +208,13 @@ class Settings:
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with ``changes`` applied and checked."""
-        settings = dataclasses.replace(self, **changes)
-        settings.check()
-        return settings
+        return dataclasses.replace(self, **changes)
 
+
+# The settings typed as a choice (``Literal``) and their choices.
+_CHOICES: dict[str, tuple[str, ...]] = {
+    name: get_args(hint) for name, hint in get_type_hints(Settings).items() if get_origin(hint) is Literal
+}
 
 _DEFAULTS = Settings()
 

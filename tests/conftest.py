@@ -12,8 +12,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from deploy.local import GatewayProcess, RedisServer, S3Server, WorkerProcess
-from shared.jobstore import JobStore
 from shared.settings import Settings
+from shared.store import JobStore
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_MODEL = ROOT / "var" / "models" / "tiny"
@@ -66,7 +66,7 @@ def start_worker(
     """A worker process, once it reports its model loaded; ``env`` adds to its environment."""
     worker = WorkerProcess(settings, workdir, name=name, extra_env=env)
     store = JobStore(settings)
-    before = store.ready_workers(max_age=3600)
+    before = store.workers.fresh(max_age=3600)
     worker.start()
     try:
         worker.wait_ready(store, timeout=180, before=before)

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import base64
 import io
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, cast
 
+import redis
 from PIL import Image
 
-from shared.schema import REFERENCE_REQUEST
+from shared.jobs import Job
+from shared.schema import REFERENCE_REQUEST, GenerationParams
+from shared.settings import Settings
+from shared.store import JobStore, RedisKeys
 
 REFERENCE = REFERENCE_REQUEST
 
@@ -39,3 +44,34 @@ def jpeg_pixels(data: bytes) -> Image.Image:
     assert image.format == "JPEG"
     image.load()
     return image
+
+
+def raw_redis(settings: Settings, binary: bool = False) -> redis.Redis:
+    """A client of the settings' Redis, for tests that look under the store."""
+    return redis.Redis.from_url(settings.redis_url, decode_responses=not binary)
+
+
+def create_job(
+    store: JobStore,
+    job_id: str,
+    params: GenerationParams,
+    seeds: Sequence[int],
+    webhook: str | None = None,
+    image: bytes | None = None,
+) -> Job:
+    """Record a queued job that nobody pays for, with no queue limit (and no message)."""
+    job = store.jobs.submit(job_id, params, seeds, webhook=webhook, image=image).job
+    if job is None:
+        raise AssertionError(f"job {job_id} was not recorded")
+    return job
+
+
+def queue_length(settings: Settings) -> int:
+    """Queued jobs in the store of ``settings``."""
+    return int(raw_redis(settings).zcard(RedisKeys(settings.key_prefix).queued))
+
+
+def input_copy(settings: Settings, job_id: str) -> bytes | None:
+    """The Redis copy of a job's input, while it is kept."""
+    data = raw_redis(settings, binary=True).get(RedisKeys(settings.key_prefix).input(job_id))
+    return cast(bytes | None, data)

@@ -1,9 +1,9 @@
 """Cross-request batching: a worker that has claimed a job gathers queued jobs of the same
 shape (size, steps, strength, scheduler, guidance) to run in the same pipeline call.
 
-At submit every job's id is also pushed onto a list of its shape (:meth:`JobStore.create`).
+At submit every job's id is also pushed onto a list of its shape (:meth:`~shared.store.jobs.Jobs.submit`).
 After claiming a job, the worker pops ids from that job's list and claims each with the
-same :meth:`JobStore.claim` that guards every start, so a partner is only taken while it is
+same :meth:`~shared.store.jobs.Jobs.claim` that guards every start, so a partner is only taken while it is
 still queued; its own Celery message later finds it running or finished and does nothing.
 Jobs of other shapes are never taken: their own messages run them.
 
@@ -18,8 +18,8 @@ import time
 from dataclasses import dataclass
 
 from shared.jobs import Job, JobStatus, shape_key
-from shared.jobstore import JobStore
 from shared.settings import Settings
+from shared.store import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -50,18 +50,18 @@ def collect_partners(
     deadline = time.monotonic() + wait
     partners: list[Member] = []
     while images < limit:
-        job_id = store.next_of_shape(shape, max(0.0, deadline - time.monotonic()))
+        job_id = store.shapes.next(shape, max(0.0, deadline - time.monotonic()))
         if job_id is None:
             break
         if job_id == first.job.id:
             continue
-        job = store.get(job_id)
+        job = store.jobs.get(job_id)
         if job is None or job.status is not JobStatus.QUEUED:
             continue  # ran already (its own message) or was canceled
         if images + job.params.samples > limit:
-            store.return_to_shape(shape, job_id)  # the next batch takes it
+            store.shapes.put_back(shape, job_id)  # the next batch takes it
             break
-        claim = store.claim(job_id, worker, settings.job_lease_seconds, settings.max_job_attempts)
+        claim = store.jobs.claim(job_id, worker, settings.job_lease_seconds, settings.max_job_attempts)
         if not claim.started or claim.job is None:
             continue
         partners.append(Member(claim.job, claim.attempt, claim.image))  # as started, not as queued

@@ -4,7 +4,7 @@ A claimed job takes queued partners of its shape into the same pipeline call
 (worker/batching.py); each job of the batch keeps its own lease, progress and result.
 
 Delivery is at least once (acks late, requeue on worker loss); effects are once:
-- a job runs only after :meth:`JobStore.claim` hands it to this worker (queued, or
+- a job runs only after :meth:`~shared.store.jobs.Jobs.claim` hands it to this worker (queued, or
   running with a lapsed lease because its worker died), so a redelivered message for a
   running or finished job does nothing;
 - progress renews the lease at every step and tells the run when this attempt no longer
@@ -36,10 +36,10 @@ from PIL import Image
 from shared.errors import Unavailable
 from shared.images import encode_jpeg, open_image, prepare_image
 from shared.jobs import Job, input_key, output_key
-from shared.jobstore import ClaimOutcome, JobStore
 from shared.schema import GenerationParams
 from shared.settings import Settings
 from shared.storage import Storage
+from shared.store import ClaimOutcome, JobStore
 from worker.batching import Member, collect_partners
 from worker.metrics import WorkerMetrics
 from worker.progress import Batch, ProgressWriter, StopRun
@@ -102,7 +102,7 @@ class JobExecutor:
         self.progress.close()
 
     def execute(self, job_id: str) -> None:
-        claim = self.store.claim(
+        claim = self.store.jobs.claim(
             job_id, self.name, self.settings.job_lease_seconds, self.settings.max_job_attempts
         )
         match claim.outcome:
@@ -113,7 +113,7 @@ class JobExecutor:
                 return
             case ClaimOutcome.EXHAUSTED:
                 log.error("job %s: failed after %d starts that each lost their worker", job_id, claim.attempt)
-                self._finished(job_id, True)
+                self._ended(job_id)
                 return
             case ClaimOutcome.MISSING:
                 log.info("job %s: not run, its record has expired", job_id)
@@ -150,7 +150,9 @@ class JobExecutor:
             cause = exc.__cause__ if isinstance(exc, BatchFailed) else exc
             self._abandon(runs, cause if isinstance(cause, Exception) else exc)
             if isinstance(exc, BatchFailed) and exc.calls:  # calls of a split batch that ran first
-                self.store.count(**self._count_calls(runs, exc.calls, params, time.monotonic() - started))
+                self.store.counters.add(
+                    **self._count_calls(runs, exc.calls, params, time.monotonic() - started)
+                )
             self._record(runs, [], 0.0)
             return
         elapsed = time.monotonic() - started
@@ -169,7 +171,7 @@ class JobExecutor:
             if done is not None:
                 delivered.append(done)
         if not delivered:
-            self.store.count(**counters)
+            self.store.counters.add(**counters)
         for done in delivered:
             self._upload(done.job.id, done.keys, done.images)
         self._record(runs, delivered, elapsed)
@@ -207,14 +209,16 @@ class JobExecutor:
         }
 
     def _record(self, runs: Sequence[JobRun], delivered: Sequence[Delivered], elapsed: float) -> None:
-        """Latency metrics, run time and webhooks, once the clients have their images."""
+        """Latency metrics (queue wait included: each job's start time is in its record), run
+        time and webhooks, once the clients have their images: none of these Redis writes
+        stands between a claim and its pipeline call, or between a result and its client."""
         for run in runs:
             self.metrics.job_started(run.member.job)
         if delivered:
-            self.store.record_run_seconds(elapsed)
+            self.store.counters.record_run_seconds(elapsed)
         for done in delivered:
             self.metrics.job_succeeded(done.job, done.finished_at)
-            self._finished(done.job.id, True)
+            self._ended(done.job.id)
             log.info("job %s: succeeded in %.3fs (%d images)", done.job.id, elapsed, len(done.images))
 
     def _prepare(self, member: Member) -> JobRun | None:
@@ -228,7 +232,8 @@ class JobExecutor:
             image = prepare_image(open_image(data, self.settings), params.img_width, params.img_height)
         except Exception as exc:
             log.exception("job %s: input not usable", job.id)
-            self._finished(job.id, self.store.fail(job.id, member.attempt, _failure(exc)))
+            if self.store.jobs.fail(job.id, member.attempt, _failure(exc)):
+                self._ended(job.id)
             return None
         return JobRun(member, job_items(job.params, image, job.seeds, job.id))
 
@@ -242,12 +247,21 @@ class JobExecutor:
             encoded = [encode_jpeg(output, self.settings.jpeg_quality) for output in images]
         except Exception as exc:
             log.exception("job %s: failed", job.id)
-            moved = self._settle(job.id, self.store.fail, job.id, run.attempt, _failure(exc))
-            self._finished(job.id, bool(moved))
+            moved = self._settle(job.id, self.store.jobs.fail, job.id, run.attempt, _failure(exc))
+            if moved:
+                self._ended(job.id)
             return None
         upload_deadline = self.settings.job_lease_seconds
         moved = self._settle(
-            job.id, self.store.succeed, job.id, run.attempt, keys, encoded, elapsed, upload_deadline, counters
+            job.id,
+            self.store.jobs.succeed,
+            job.id,
+            run.attempt,
+            keys,
+            encoded,
+            elapsed,
+            upload_deadline,
+            counters,
         )
         if moved:
             return Delivered(job, keys, encoded, time.time())
@@ -284,32 +298,35 @@ class JobExecutor:
         except Unavailable as exc:
             retry = self.settings.job_lease_seconds
             log.warning("job %s: outputs not written to S3 (%s); trying again in %.0f s", job_id, exc, retry)
-            self.store.retry_upload_in(job_id, retry)
+            self.store.uploads.retry_in(job_id, retry)
             return
-        self.store.uploaded(job_id, len(keys))
+        self.store.uploads.done(job_id, len(keys))
 
     def _retry_upload(self, job_id: str) -> None:
         """Finish the S3 write of a succeeded job whose first upload failed or was cut off."""
-        job = self.store.get(job_id)
+        job = self.store.jobs.get(job_id)
         if job is None:
-            self.store.forget_upload(job_id)
+            self.store.uploads.forget(job_id)
             return
-        images = self.store.cached_results(job_id, len(job.outputs))
+        images = self.store.blobs.results(job_id, len(job.outputs))
         kept = [image for image in images if image is not None]
         if len(kept) != len(images):
             log.error("job %s: outputs left Redis before S3 had them", job_id)
-            self.store.uploaded(job_id, 0)
+            self.store.uploads.done(job_id, 0)
             return
         log.info("job %s: writing its outputs to S3 again", job_id)
         self._upload(job_id, list(job.outputs), kept)
 
     def _stopped(self, member: Member) -> None:
         """The job was canceled, or another attempt owns it: write no result."""
-        current = self.store.get(member.job.id)
+        current = self.store.jobs.get(member.job.id)
         if current is not None and current.cancel_requested:
             log.info("job %s: canceled while running", member.job.id)
-            moved = self._settle(member.job.id, self.store.finish_canceled, member.job.id, member.attempt)
-            self._finished(member.job.id, bool(moved))
+            moved = self._settle(
+                member.job.id, self.store.jobs.finish_canceled, member.job.id, member.attempt
+            )
+            if moved:
+                self._ended(member.job.id)
         else:
             log.warning(
                 "job %s: attempt %d lost its lease; another worker has the job", member.job.id, member.attempt
@@ -319,11 +336,13 @@ class JobExecutor:
         if run.stopped:  # canceled, or no longer this attempt's to record
             self._stopped(run.member)
         else:
-            moved = self._settle(run.job_id, self.store.fail, run.job_id, run.attempt, message)
-            self._finished(run.job_id, bool(moved))
+            moved = self._settle(run.job_id, self.store.jobs.fail, run.job_id, run.attempt, message)
+            if moved:
+                self._ended(run.job_id)
 
-    def _finished(self, job_id: str, moved: bool) -> None:
-        if moved and self.on_finished is not None:
+    def _ended(self, job_id: str) -> None:
+        """This worker moved the job to a final state: hand it on (its webhook)."""
+        if self.on_finished is not None:
             self.on_finished(job_id)
 
     def _put_all(self, keys: Sequence[str], blobs: Sequence[bytes]) -> None:

@@ -16,15 +16,15 @@ from collections.abc import Sequence
 
 import redis
 
-from shared.jobstore import JobStore
 from shared.settings import Settings
+from shared.store import JobStore
 
 log = logging.getLogger(__name__)
 
 
 def ready_on_host(store: JobStore, host: str, max_age: float) -> list[str]:
     """Ready workers of ``host`` (their names are ``{host}:{pid}``)."""
-    return [name for name in store.ready_workers(max_age=max_age) if name.rpartition(":")[0] == host]
+    return [name for name in store.workers.fresh(max_age=max_age) if name.rpartition(":")[0] == host]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

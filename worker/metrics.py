@@ -19,8 +19,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from shared.jobs import Job
-from shared.jobstore import JobStore
 from shared.metrics import LATENCY_BUCKETS, QUEUE_WAIT, TIME_TO_RESULT, FarmMetrics
+from shared.store import JobStore
 
 log = logging.getLogger(__name__)
 

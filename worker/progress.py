@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Protocol
 
-from shared.jobstore import JobStore
+from shared.store import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ class StepReporter:
         store = self._store
         if batch is not None:
             try:
-                store.start_batch(batch.job_ids, batch.id, batch.started_at)
+                store.jobs.start_batch(batch.job_ids, batch.id, batch.started_at)
             except Exception as exc:  # noqa: BLE001 - the record is informative; the job goes on
                 log.warning("batch %s: could not be recorded on its jobs: %s", batch.id, exc)
         if step is None:
@@ -173,7 +173,7 @@ class StepReporter:
             if run.stopped:
                 continue
             try:
-                if store.progress(run.job_id, step[0], step[1], run.attempt, self._lease):
+                if store.jobs.progress(run.job_id, step[0], step[1], run.attempt, self._lease):
                     run.stopped = True
             except Exception as exc:  # noqa: BLE001 - a missed step must not end the job
                 log.warning("job %s: could not record step %d: %s", run.job_id, step[0], exc)

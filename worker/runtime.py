@@ -17,9 +17,9 @@ import threading
 from celery import Celery
 
 from shared.celery_app import make_celery
-from shared.jobstore import JobStore
 from shared.settings import Settings
 from shared.storage import Storage
+from shared.store import JobStore
 from shared.webhooks import enqueue_webhook
 from worker.executor import JobExecutor
 from worker.lifecycle import LoadState
@@ -75,7 +75,7 @@ class WorkerRuntime:
 
     def _notify(self, job_id: str) -> None:
         """Hand a finished job's webhook to the webhook worker; never delivered from here."""
-        job = self._store.get(job_id)
+        job = self._store.jobs.get(job_id)
         if job is not None and job.webhook:
             enqueue_webhook(self._celery, self.settings, job_id)
 
@@ -84,7 +84,7 @@ class WorkerRuntime:
         period = min(self.settings.worker_heartbeat_seconds, self.settings.sweep_interval_seconds)
         while not self._stopped.is_set():
             try:
-                self._store.mark_worker_ready(
+                self._store.workers.ready(
                     self.name, forget_after=self.settings.worker_fresh_seconds * _FORGET_AFTER_WINDOWS
                 )
                 self._sweeper.maybe_sweep()
@@ -101,6 +101,6 @@ class WorkerRuntime:
         if self._executor is not None:
             self._executor.close()
         try:
-            self._store.mark_worker_gone(self.name)
+            self._store.workers.gone(self.name)
         except Exception:
             log.warning("worker %s: could not deregister", self.name, exc_info=True)

@@ -30,10 +30,9 @@ from collections.abc import Callable
 
 from celery import Celery
 
-from shared.broker import messages_in_flight
 from shared.celery_app import RUN_JOB_TASK
-from shared.jobstore import JobStore
 from shared.settings import Settings
+from shared.store import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -53,39 +52,39 @@ class Sweeper:
 
     def maybe_sweep(self) -> bool:
         """Sweep if no other process did within the interval; True when this one swept."""
-        if not self.store.try_lock("sweep", self.settings.sweep_interval_seconds * 0.9):
+        if not self.store.locks.try_take("sweep", self.settings.sweep_interval_seconds * 0.9):
             return False
         self.sweep()
         return True
 
     def sweep(self) -> None:
-        for job_id in self.store.lapsed_leases():
+        for job_id in self.store.jobs.lapsed_leases():
             self._requeue(job_id, "requeue", "its worker stopped renewing the lease")
-        for job_id in self.store.lapsed_uploads():
+        for job_id in self.store.uploads.lapsed():
             self._requeue(job_id, "upload", "its outputs are not in S3 yet")
         self.resend_orphans()
         deadline = self.settings.queued_deadline_seconds
-        for job_id in self.store.stale_queued(deadline):
-            if self.store.fail_queued(job_id, f"the job was not started within {deadline} s"):
+        for job_id in self.store.jobs.stale_queued(deadline):
+            if self.store.jobs.fail_queued(job_id, f"the job was not started within {deadline} s"):
                 log.error("job %s: failed, queued for more than %d s", job_id, deadline)
                 if self.on_finished is not None:
                     self.on_finished(job_id)
 
     def resend_orphans(self) -> list[str]:
         """Send again the queued jobs whose message is in neither the queue nor a worker."""
-        candidates = self.store.unclaimed_since(self.settings.orphan_after_seconds)
+        candidates = self.store.jobs.unclaimed_since(self.settings.orphan_after_seconds)
         if not candidates:
             return []
-        in_flight = messages_in_flight(self.store.redis, self.settings.queue_name, RUN_JOB_TASK)
+        in_flight = self.store.broker.in_flight(self.settings.queue_name, RUN_JOB_TASK)
         lost = [job_id for job_id in candidates if job_id not in in_flight]
         for job_id in lost:
             log.warning("job %s: queued without a message; sending it again", job_id)
             self.celery.send_task(RUN_JOB_TASK, args=[job_id], queue=self.settings.queue_name)
-        self.store.mark_sent(candidates)  # each is looked at again ORPHAN_AFTER_SECONDS from now
+        self.store.jobs.mark_sent(candidates)  # each is looked at again ORPHAN_AFTER_SECONDS from now
         return lost
 
     def _requeue(self, job_id: str, kind: str, why: str) -> None:
         """Send the job's task again, once per lease period however many sweepers see it."""
-        if self.store.try_lock(f"{kind}:{job_id}", self.settings.job_lease_seconds):
+        if self.store.locks.try_take(f"{kind}:{job_id}", self.settings.job_lease_seconds):
             log.warning("job %s: %s; re-enqueueing", job_id, why)
             self.celery.send_task(RUN_JOB_TASK, args=[job_id], queue=self.settings.queue_name)

@@ -15,12 +15,12 @@ from flask import Flask
 
 from api.admin import run as admin
 from deploy.local import GatewayProcess, WorkerProcess
-from shared.jobstore import JobStore
 from shared.keys import KeyStore
 from shared.pricing import format_credits, job_cost_milli
 from shared.schema import parse_request
 from shared.settings import Settings
-from tests.helpers import reference_body
+from shared.store import ClaimOutcome, JobStore
+from tests.helpers import input_copy, reference_body
 
 URL = "/v1/sd1.5-img2img"
 ASYNC = {"Prefer": "respond-async"}
@@ -147,7 +147,7 @@ def test_hundred_concurrent_submits_with_credit_for_ten(keyed_gateway: str, keye
     accepted = [r.json()["id"] for r in replies if r.status_code == 202]
     store = JobStore(keyed_settings)
     deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and not all(store.get(j).status.terminal for j in accepted):  # type: ignore[union-attr]
+    while time.monotonic() < deadline and not all(store.jobs.get(j).status.terminal for j in accepted):  # type: ignore[union-attr]
         time.sleep(0.1)
     assert keys.balance(key_id) == 0  # all ten ran and were paid for
 
@@ -166,12 +166,11 @@ def test_failed_job_is_refunded_once_even_if_the_failure_is_handled_twice(keyed_
     keys = KeyStore(keyed_settings)
     assert keys.balance(key_id) == 0
     store = JobStore(keyed_settings)
-    assert store.fail_queued(job.id, "the job was not started")
-    assert not store.fail_queued(job.id, "the job was not started, again")
-    store.refund(job.id)
-    store.refund(job.id)
+    assert store.jobs.fail_queued(job.id, "the job was not started")
+    assert not store.jobs.fail_queued(job.id, "the job was not started, again")
+    assert store.jobs.claim(job.id, "w", 30, 3).outcome is ClaimOutcome.FAILED  # and no refund again
     assert keys.balance(key_id) == cost
-    stored = store.get(job.id)
+    stored = store.jobs.get(job.id)
     assert stored is not None and stored.refunded
 
 
@@ -195,11 +194,11 @@ def test_an_image_that_does_not_decode_takes_its_job_back(
     with pytest.raises(InvalidInput) as refused:
         service.submit(params, data[: len(data) // 2], owner=key_id)
     assert refused.value.field == "image" and refused.value.status_code == 400
-    job = JobStore(keyed_settings).get("truncated-input")
+    job = JobStore(keyed_settings).jobs.get("truncated-input")
     assert job is not None and job.status is JobStatus.FAILED and job.refunded
     assert job.error == refused.value.message
     assert KeyStore(keyed_settings).balance(key_id) == cost
-    assert JobStore(keyed_settings).input_image("truncated-input") is None
+    assert input_copy(keyed_settings, "truncated-input") is None
     with pytest.raises(NotFound):
         service.storage.get(input_key("truncated-input"))
 

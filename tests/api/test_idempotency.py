@@ -13,17 +13,17 @@ import requests
 
 from api.service import JobService
 from shared.errors import Unauthorized
-from shared.jobstore import JobStore, Submitted
 from shared.keys import KeyStore
 from shared.schema import parse_request
 from shared.settings import Settings
+from shared.store import JobStore, Submitted
 from tests.helpers import reference_body, sample_image
 
 URL = "/v1/sd1.5-img2img"
 
 
 def pipeline_calls(settings: Settings) -> int:
-    return JobStore(settings).stats().get("pipeline_calls", 0)
+    return JobStore(settings).counters.all().get("pipeline_calls", 0)
 
 
 def wait_finished(gateway: str, job_id: str, timeout: float = 120) -> dict[str, object]:
@@ -108,15 +108,18 @@ class FlakyStore(JobStore):
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
         self.fail_next: str | None = None
+        submit = self.jobs.submit
 
-    def submit(self, *args: Any, **kwargs: Any) -> Submitted:
-        failing, self.fail_next = self.fail_next, None
-        if failing == "before":
-            raise redis.TimeoutError("Timeout reading from socket")
-        submitted = super().submit(*args, **kwargs)
-        if failing == "recorded":
-            raise redis.TimeoutError("Timeout reading from socket")
-        return submitted
+        def flaky_submit(*args: Any, **kwargs: Any) -> Submitted:
+            failing, self.fail_next = self.fail_next, None
+            if failing == "before":
+                raise redis.TimeoutError("Timeout reading from socket")
+            submitted = submit(*args, **kwargs)
+            if failing == "recorded":
+                raise redis.TimeoutError("Timeout reading from socket")
+            return submitted
+
+        self.jobs.submit = flaky_submit  # type: ignore[method-assign]
 
 
 @pytest.fixture()
@@ -145,7 +148,7 @@ def test_an_ambiguous_submit_is_not_charged_twice(flaky: tuple[JobService, Flaky
     assert charged > 0
     job = service.submit(params, sample_image(), idempotency_key="retry-me", owner=owner)
     assert before - keys.balance(owner) == charged  # once
-    assert store.get(job.id) is not None and store.stale_queued(0) == [job.id]  # the only job
+    assert store.jobs.get(job.id) is not None and store.jobs.stale_queued(0) == [job.id]  # the only job
 
 
 def test_a_key_bound_to_a_job_never_recorded_is_taken_over(
@@ -159,10 +162,10 @@ def test_a_key_bound_to_a_job_never_recorded_is_taken_over(
     store.fail_next = "before"
     with pytest.raises(redis.TimeoutError):
         service.submit(params, sample_image(), idempotency_key="lost", owner=owner)
-    assert store.stale_queued(0) == []
+    assert store.jobs.stale_queued(0) == []
     job = service.submit(params, sample_image(), idempotency_key="lost", owner=owner)
     again = service.submit(params, sample_image(), idempotency_key="lost", owner=owner)
-    assert again.id == job.id and store.stale_queued(0) == [job.id]
+    assert again.id == job.id and store.jobs.stale_queued(0) == [job.id]
 
 
 def test_a_key_revoked_after_its_check_is_401_not_406(settings: Settings) -> None:

@@ -10,16 +10,16 @@ import pytest
 from flask.testing import FlaskClient
 from PIL import Image
 
-from shared.jobstore import JobStore
 from shared.schema import SCHEDULERS
 from shared.settings import Settings
+from shared.store import JobStore
 from tests.helpers import b64, jpeg_pixels, reference_body
 
 URL = "/v1/sd1.5-img2img"
 
 
 def pipeline_calls(settings: Settings) -> int:
-    return JobStore(settings).stats().get("pipeline_calls", 0)
+    return JobStore(settings).counters.all().get("pipeline_calls", 0)
 
 
 def test_reference_request_returns_a_512_jpeg(client: FlaskClient) -> None:

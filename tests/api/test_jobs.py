@@ -9,8 +9,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from shared.jobstore import JobStore
 from shared.settings import Settings
+from shared.store import JobStore
 from tests.helpers import jpeg_pixels, reference_body
 
 URL = "/v1/sd1.5-img2img"
@@ -88,7 +88,7 @@ def test_cancel_while_queued_never_runs(client: FlaskClient, settings: Settings)
     assert reply.get_json()["status"] == "canceled"
     poll(client, running, finished)
     time.sleep(0.5)  # the worker has taken the canceled job's message by now
-    job = JobStore(settings).get(queued)
+    job = JobStore(settings).jobs.get(queued)
     assert job is not None
     assert job.status.value == "canceled"
     assert job.started_at is None and job.worker is None and job.attempts == 0

@@ -14,8 +14,8 @@ import pytest
 from flask import Flask
 
 from deploy.local import NotifierProcess, WorkerProcess
-from shared.jobstore import JobStore
 from shared.settings import Settings
+from shared.store import JobStore
 from shared.webhooks import verify
 from tests.helpers import reference_body
 
@@ -102,7 +102,7 @@ def test_one_signed_post_per_job(hooked: tuple[Flask, Settings], receiver: Recei
     document = json.loads(body)
     assert document["id"] == job_id and document["status"] == "succeeded"
     assert len(document["outputs"]) == 1
-    assert JobStore(settings).webhook_state(job_id) == "delivered"
+    assert JobStore(settings).webhooks.get(job_id) == "delivered"
 
 
 def test_failing_receiver_gets_the_body_on_the_third_try(
@@ -120,7 +120,7 @@ def test_failing_receiver_gets_the_body_on_the_third_try(
     bodies = {json.loads(body)["id"] for _, _, body in receiver.calls}
     assert bodies == {reply.headers["x-job-id"]}
     assert all(verify(SECRET, headers, body) for _, headers, body in receiver.calls)
-    assert JobStore(settings).webhook_state(reply.headers["x-job-id"]) == "delivered"
+    assert JobStore(settings).webhooks.get(reply.headers["x-job-id"]) == "delivered"
 
 
 @pytest.mark.parametrize(

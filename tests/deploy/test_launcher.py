@@ -28,9 +28,9 @@ from deploy.launcher import (
 )
 from deploy.local import LOOPBACK, service_env, wait_until
 from shared.jobs import JobStatus
-from shared.jobstore import JobStore
 from shared.schema import parse_request
 from shared.settings import Settings
+from shared.store import JobStore
 from tests.helpers import reference_body, sample_image
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -196,7 +196,7 @@ def test_launcher_runs_restarts_and_stops_its_workers(isolated_settings: Setting
             seen.update(descendants(launcher.pid))
             if launcher.poll() is not None:
                 raise AssertionError(f"the launcher exited with {launcher.returncode}")
-            return len(set(store.ready_workers(max_age=window)) - (besides or set())) >= count
+            return len(set(store.workers.fresh(max_age=window)) - (besides or set())) >= count
 
         wait_until(lambda: ready(2), 180, "two workers", log_file)
         mains = sorted(process_children()[launcher.pid])
@@ -207,7 +207,7 @@ def test_launcher_runs_restarts_and_stops_its_workers(isolated_settings: Setting
         service.storage.ensure_bucket()
         params = parse_request(reference_body(num_inference_steps=20, strength=0.1), settings).params
         jobs = [service.submit(params, sample_image()) for _ in range(4)]
-        done = [store.wait(job.id, 120) for job in jobs]
+        done = [store.waits.wait(job.id, 120) for job in jobs]
         assert [job.status for job in done] == [JobStatus.SUCCEEDED] * 4
         assert len({job.worker for job in done}) == 2
         # Each serves its own metrics, on port and port + 1.
@@ -215,7 +215,7 @@ def test_launcher_runs_restarts_and_stops_its_workers(isolated_settings: Setting
         assert sum(per_worker) == 4 and min(per_worker) >= 1
 
         # A worker killed outright is started again, under its name, and loads its model.
-        before = set(store.ready_workers(max_age=window))
+        before = set(store.workers.fresh(max_age=window))
         os.kill(mains[0], signal.SIGKILL)
         wait_until(
             lambda: len(set(process_children()[launcher.pid]) - set(mains)) == 1,

@@ -9,8 +9,9 @@ import time
 from pathlib import Path
 
 from deploy.local import LOOPBACK, free_port, service_env
-from shared.jobstore import JobStore
 from shared.settings import Settings
+from shared.store import JobStore
+from tests.helpers import raw_redis
 
 ROOT = Path(__file__).resolve().parents[2]
 HOST = socket.gethostname()
@@ -30,21 +31,23 @@ def probe(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_ready_only_with_a_fresh_heartbeat_of_this_host(isolated_settings: Settings) -> None:
     store = JobStore(isolated_settings)
-    workers = store.key("workers")
+    workers = store.keys.workers
     assert probe(isolated_settings).returncode == 1
 
-    store.mark_worker_ready("some-other-pod:41", forget_after=3600)
-    store.redis.zadd(workers, {f"{HOST}:42": time.time() - 60})  # stale: a dead worker's last beat
+    store.workers.ready("some-other-pod:41", forget_after=3600)
+    raw_redis(isolated_settings).zadd(
+        workers, {f"{HOST}:42": time.time() - 60}
+    )  # stale: a dead worker's last beat
     result = probe(isolated_settings)
     assert result.returncode == 1, result.stderr
     assert "0 of 1" in result.stderr
 
-    store.mark_worker_ready(f"{HOST}:43", forget_after=3600)
+    store.workers.ready(f"{HOST}:43", forget_after=3600)
     result = probe(isolated_settings)
     assert result.returncode == 0, result.stderr
     assert f"{HOST}:43" in result.stderr
     assert probe(isolated_settings, "--min", "2").returncode == 1
-    store.mark_worker_ready(f"{HOST}:44", forget_after=3600)
+    store.workers.ready(f"{HOST}:44", forget_after=3600)
     assert probe(isolated_settings, "--min", "2").returncode == 0
 
 

@@ -12,10 +12,10 @@ import pytest
 from api.service import JobService
 from deploy.local import RedisServer
 from shared.jobs import Job
-from shared.jobstore import JobStore
 from shared.keys import KeyStore
 from shared.schema import parse_request
 from shared.settings import Settings
+from shared.store import JobStore
 from tests.helpers import reference_body, sample_image
 
 LONG = {"num_inference_steps": 100, "strength": 1.0}
@@ -54,17 +54,17 @@ class Farm:
     def wait(self, job_id: str, until: Callable[[Job], bool], timeout: float = 180.0) -> Job:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            job = self.store.get(job_id)
+            job = self.store.jobs.get(job_id)
             if job is not None and until(job):
                 return job
             time.sleep(0.05)
-        raise AssertionError(f"job {job_id}: {self.store.get(job_id)}")
+        raise AssertionError(f"job {job_id}: {self.store.jobs.get(job_id)}")
 
     def finished(self, job_id: str, timeout: float = 180.0) -> Job:
         return self.wait(job_id, lambda job: job.status.terminal, timeout)
 
     def pipeline_calls(self) -> int:
-        return self.store.stats().get("pipeline_calls", 0)
+        return self.store.counters.all().get("pipeline_calls", 0)
 
     def balance(self) -> int:
         return self.keys.balance(self.owner)

@@ -18,7 +18,7 @@ from shared.jobs import JobStatus
 from shared.settings import Settings
 from shared.storage import Storage
 from tests.conftest import start_worker
-from tests.helpers import reference_body
+from tests.helpers import queue_length, raw_redis, reference_body
 from tests.reliability.conftest import LONG, Farm
 
 
@@ -58,13 +58,13 @@ def test_redis_restart_mid_job_keeps_the_worker_and_its_model(
         job = farm.submit(**LONG)
         running = farm.wait(job.id, lambda j: j.status is JobStatus.RUNNING and j.progress_step >= 3)
         pool_pid = int((running.worker or "").rsplit(":", 1)[1])
-        runs_before = farm.store.stats().get("pipeline_jobs", 0)
+        runs_before = farm.store.counters.all().get("pipeline_jobs", 0)
         time.sleep(1.5)  # appendfsync everysec: the running record is on disk
         own_redis.stop()
         own_redis.start()
         done = farm.finished(job.id)
         assert done.status is JobStatus.SUCCEEDED and done.attempts == 1, done.error
-        assert farm.store.stats().get("pipeline_jobs", 0) - runs_before == 1  # it ran once
+        assert farm.store.counters.all().get("pipeline_jobs", 0) - runs_before == 1  # it ran once
         assert worker.alive()
         os.kill(pool_pid, 0)  # the pool process that holds the model is the same one
         assert worker.log_file.read_text().count(f"loaded {settings.model_path} on") == 1  # never reloaded
@@ -90,12 +90,12 @@ def test_s3_outage_mid_run_still_answers_and_uploads_once_s3_is_back(
         assert farm.service.image(done, 0)[:3] == b"\xff\xd8\xff"  # served from Redis meanwhile
         assert farm.balance() == before - done.cost_milli
         time.sleep(settings.job_lease_seconds + 2 * settings.sweep_interval_seconds)  # a retry fails too
-        assert farm.store.pending_uploads() == 1
-        assert farm.store.cached_result(job.id, 0) is not None
+        assert farm.store.uploads.pending() == 1
+        assert farm.store.blobs.result(job.id, 0) is not None
         own_s3.start()
         Storage(settings).ensure_bucket()  # moto keeps nothing across restarts; MinIO or S3 would
         farm.wait(job.id, lambda _: farm.objects(job.id) == ["jobs/" + job.id + "/0.jpg"], timeout=60)
-        assert farm.store.pending_uploads() == 0
+        assert farm.store.uploads.pending() == 0
         again = farm.submit()
         assert farm.finished(again.id).status is JobStatus.SUCCEEDED
     finally:
@@ -112,9 +112,9 @@ def test_s3_down_at_submit_fails_the_queued_job_and_refunds(
     with pytest.raises(Unavailable, match="storage"):
         farm.submit()
     assert farm.balance() == before
-    assert farm.store.queue_length() == 0
-    assert farm.store.stats().get("jobs_failed") == 1
-    assert not list(farm.store.redis.scan_iter(farm.store.key("job", "*", "input")))  # copy dropped
+    assert queue_length(farm.settings) == 0
+    assert farm.store.counters.all().get("jobs_failed") == 1
+    assert not list(raw_redis(farm.settings).scan_iter(farm.store.keys.input("*")))  # copy dropped
 
 
 def test_redis_down_at_submit_is_503_and_charges_nothing(
@@ -133,7 +133,7 @@ def test_redis_down_at_submit_is_503_and_charges_nothing(
     assert "unavailable" in reply.get_json()["error"]
     own_redis.start()
     assert KeyStore(settings).balance(record.id) == 1_000_000
-    assert Farm(settings).store.queue_length() == 0
+    assert queue_length(settings) == 0
 
 
 def post_when_up(url: str, body: dict[str, object], headers: dict[str, str]) -> requests.Response:

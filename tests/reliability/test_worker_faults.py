@@ -37,7 +37,7 @@ def test_kill_9_mid_denoising_five_times(farm: Farm, fault_settings: Settings, t
             workers.remove(victim)
             # A replacement boots while the surviving worker takes the job over.
             replacement = WorkerProcess(fault_settings, tmp_path, name=f"w{round_ + 2}")
-            ready_before = farm.store.ready_workers(max_age=3600)
+            ready_before = farm.store.workers.fresh(max_age=3600)
             replacement.start()
             workers.append(replacement)
             done = farm.finished(job.id)

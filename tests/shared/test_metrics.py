@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from shared.jobstore import JobStore
 from shared.metrics import INF, LATENCY_BUCKETS, QUEUE_WAIT, FarmMetrics, bucket_label
 from shared.settings import Settings
+from shared.store import JobStore
+from tests.helpers import raw_redis
 
 
 def test_histogram_buckets_are_cumulative(isolated_settings: Settings) -> None:
@@ -28,7 +29,8 @@ def test_queue_depth_counts_every_priority_list(isolated_settings: Settings) -> 
     farm = FarmMetrics(store)
     queue = isolated_settings.queue_name
     assert farm.queue_depth(queue) == 0
-    store.redis.rpush(queue, "a", "b")
-    store.redis.rpush(f"{queue}\x06\x163", "c")
+    raw = raw_redis(isolated_settings)
+    raw.rpush(queue, "a", "b")
+    raw.rpush(f"{queue}\x06\x163", "c")
     assert farm.queue_depth(queue) == 3
-    store.redis.delete(queue, f"{queue}\x06\x163")
+    raw.delete(queue, f"{queue}\x06\x163")

@@ -54,3 +54,16 @@ def test_celery_delivery_settings() -> None:
     assert conf["task_soft_time_limit"] == 100
     assert conf["task_time_limit"] == 120
     assert conf["broker_transport_options"]["visibility_timeout"] == 600 > conf["task_time_limit"]
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"dtype": "float8"}, {"torch_compile": "yes"}, {"compile_mode": "fastest"}, {"warmup": "some"}],
+)
+def test_choices_are_checked_however_settings_are_built(changes: dict[str, str]) -> None:
+    with pytest.raises(SettingsError):
+        Settings(**changes)  # type: ignore[arg-type]
+    with pytest.raises(SettingsError):
+        Settings().replace(**changes)
+    with pytest.raises(SettingsError):
+        Settings.from_env({name.upper(): value for name, value in changes.items()})

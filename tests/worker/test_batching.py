@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from shared.jobs import Job, JobStatus, input_key, shape_key
-from shared.jobstore import JobStore
 from shared.schema import parse_request
 from shared.settings import Settings
+from shared.store import JobStore
 from tests.conftest import start_worker
-from tests.helpers import jpeg_pixels, reference_body
+from tests.helpers import create_job, jpeg_pixels, raw_redis, reference_body
 from tests.reliability.conftest import Farm
 from worker.batching import Member, collect_partners
 
@@ -104,7 +104,7 @@ def test_a_bad_input_fails_only_its_own_job(batch_farm: Farm) -> None:
     jobs = [farm.submit(seed=i, **SHAPE) for i in range(4)]
     corrupt = b"these bytes are not an image"
     farm.service.storage.put(input_key(jobs[1].id), corrupt, "image/png")
-    farm.store.redis.set(farm.store.key("job", jobs[1].id, "input"), corrupt)  # the worker's copy
+    raw_redis(farm.settings, binary=True).set(farm.store.keys.input(jobs[1].id), corrupt)  # the worker's copy
     balance = farm.balance()
     done = [farm.finished(job.id) for job in jobs]
     assert farm.finished(blocker.id).status is JobStatus.SUCCEEDED
@@ -121,7 +121,7 @@ def test_cancel_mid_batch_removes_only_that_job(batch_farm: Farm, tmp_path: Path
     steps = {"num_inference_steps": 40, "strength": 0.5}  # 20 steps: time to cancel mid-run
     jobs = [farm.submit(seed=i, **steps) for i in range(3)]
     farm.wait(jobs[1].id, lambda j: j.status is JobStatus.RUNNING and j.progress_step >= 2)
-    farm.store.cancel(jobs[1].id)
+    farm.store.jobs.cancel(jobs[1].id)
     done = [farm.finished(job.id) for job in jobs]
     assert farm.finished(blocker.id).status is JobStatus.SUCCEEDED
     assert [job.status for job in done] == [JobStatus.SUCCEEDED, JobStatus.CANCELED, JobStatus.SUCCEEDED]
@@ -147,7 +147,7 @@ def test_worker_killed_mid_batch_loses_no_job(base_settings: Settings, tmp_path:
         steps = {"num_inference_steps": 40, "strength": 0.5}
         jobs = [farm.submit(seed=i, **steps) for i in range(3)]
         farm.wait(jobs[0].id, lambda j: j.status is JobStatus.RUNNING and j.progress_step >= 2)
-        assert all(farm.store.get(job.id).status is JobStatus.RUNNING for job in jobs)  # type: ignore[union-attr]
+        assert all(farm.store.jobs.get(job.id).status is JobStatus.RUNNING for job in jobs)  # type: ignore[union-attr]
         worker.signal(signal.SIGKILL)
         replacement = start_worker(settings, tmp_path, "replacement")
         done = [farm.finished(job.id) for job in jobs]
@@ -164,8 +164,8 @@ def test_partners_join_as_started_records(isolated_settings: Settings) -> None:
     store = JobStore(isolated_settings)
     params = parse_request(reference_body(**SHAPE), isolated_settings).params
     for job_id in ("first", "p1", "p2"):
-        store.create(job_id, params, [1])
-    claim = store.claim("first", "w1", 30, 3)
+        create_job(store, job_id, params, [1])
+    claim = store.jobs.claim("first", "w1", 30, 3)
     assert claim.job is not None and claim.queued == 2
     assert claim.image is None  # created without an input copy
     partners = collect_partners(
@@ -178,5 +178,5 @@ def test_partners_join_as_started_records(isolated_settings: Settings) -> None:
     assert [p.job.id for p in partners] == ["p1", "p2"]
     # Their queue wait is measured up to their claim, so the record must be the started one.
     assert all(p.job.status is JobStatus.RUNNING and p.job.started_at is not None for p in partners)
-    alone = store.claim("p1", "w2", 30, 3)
+    alone = store.jobs.claim("p1", "w2", 30, 3)
     assert not alone.started  # their own messages find them taken

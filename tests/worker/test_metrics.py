@@ -8,11 +8,11 @@ import urllib.request
 from prometheus_client.parser import text_string_to_metric_families
 
 from deploy.local import LOOPBACK, free_port
-from shared.jobstore import JobStore
 from shared.metrics import QUEUE_WAIT, TIME_TO_RESULT, FarmMetrics
 from shared.schema import parse_request
 from shared.settings import Settings
-from tests.helpers import reference_body
+from shared.store import JobStore
+from tests.helpers import create_job, reference_body
 from worker.metrics import WorkerMetrics
 
 
@@ -30,7 +30,7 @@ def test_serves_what_the_jobs_did(isolated_settings: Settings) -> None:
     assert metrics.serve(port)
     assert not WorkerMetrics().serve(port)  # taken: logged, the worker goes on
 
-    job = store.create("job-metrics", parse_request(reference_body(), isolated_settings).params, [1])
+    job = create_job(store, "job-metrics", parse_request(reference_body(), isolated_settings).params, [1])
     metrics.job_started(job)
     metrics.pipeline_ran(images=2, steps=18, seconds=0.5)
     time.sleep(0.01)
@@ -55,8 +55,11 @@ def test_serves_what_the_jobs_did(isolated_settings: Settings) -> None:
 def test_redis_trouble_never_reaches_the_job(isolated_settings: Settings) -> None:
     down = isolated_settings.replace(redis_url=f"redis://{LOOPBACK}:{free_port()}/0")
     metrics = WorkerMetrics(JobStore(down))
-    job = JobStore(isolated_settings).create(
-        "job-metrics-down", parse_request(reference_body(), isolated_settings).params, [1]
+    job = create_job(
+        JobStore(isolated_settings),
+        "job-metrics-down",
+        parse_request(reference_body(), isolated_settings).params,
+        [1],
     )
     metrics.job_started(job)  # logs a warning, raises nothing
     metrics.job_succeeded(job)

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import pytest
 
 from shared.jobs import JobStatus
-from shared.jobstore import JobStore
 from shared.schema import parse_request
 from shared.settings import Settings
-from tests.helpers import reference_body
+from shared.store import JobStore
+from tests.helpers import create_job, raw_redis, reference_body
 from worker.progress import Batch, ProgressWriter, StopRun
 
 
@@ -23,8 +23,8 @@ class Run:
 
 
 def running_job(store: JobStore, settings: Settings, job_id: str) -> Run:
-    store.create(job_id, parse_request(reference_body(), settings).params, [1])
-    claim = store.claim(job_id, "w1", 30, 3)
+    create_job(store, job_id, parse_request(reference_body(), settings).params, [1])
+    claim = store.jobs.claim(job_id, "w1", 30, 3)
     assert claim.started
     return Run(job_id, claim.attempt)
 
@@ -41,24 +41,25 @@ def eventually(check: object, timeout: float = 5.0) -> bool:
 def test_steps_reach_redis_and_renew_the_lease(isolated_settings: Settings) -> None:
     store = JobStore(isolated_settings)
     run = running_job(store, isolated_settings, "a")
-    before = store.redis.zscore(store.key("running"), "a")
+    raw = raw_redis(isolated_settings)
+    before = raw.zscore(store.keys.running, "a")
     time.sleep(0.05)
     batch = Batch("b1", ["a"])
     writer = ProgressWriter(store)
     with writer.call([run], lease_seconds=60, batch=batch) as progress:
         for step in range(1, 6):
             progress.report(step, 18)
-        assert eventually(lambda: store.get("a").progress_step == 5)  # type: ignore[union-attr]
-    assert store.redis.zscore(store.key("running"), "a") > before  # type: ignore[operator]
+        assert eventually(lambda: store.jobs.get("a").progress_step == 5)  # type: ignore[union-attr]
+    assert raw.zscore(store.keys.running, "a") > before  # type: ignore[operator]
     assert not run.stopped
-    job = store.get("a")
+    job = store.jobs.get("a")
     assert job is not None and job.batch_id == "b1"
     assert job.batch_started_at == pytest.approx(batch.started_at)
     # The same thread serves the next call: no thread per call.
     again = running_job(store, isolated_settings, "a2")
     with writer.call([again], lease_seconds=60) as progress:
         progress.report(3, 18)
-        assert eventually(lambda: store.get("a2").progress_step == 3)  # type: ignore[union-attr]
+        assert eventually(lambda: store.jobs.get("a2").progress_step == 3)  # type: ignore[union-attr]
     writer.close()
 
 
@@ -81,12 +82,12 @@ def test_cancel_stops_only_its_job_then_the_call(isolated_settings: Settings) ->
     writer = ProgressWriter(store)
     with writer.call([first, second], lease_seconds=60) as progress:
         progress.report(1, 18)
-        assert store.cancel("c1") is JobStatus.RUNNING
+        assert store.jobs.cancel("c1") is JobStatus.RUNNING
         progress.report(2, 18)
         assert eventually(lambda: first.stopped)
         progress.report(3, 18)  # the other job still runs
         assert not second.stopped
-        store.cancel("c2")
+        store.jobs.cancel("c2")
         progress.report(4, 18)
         assert eventually(lambda: second.stopped)
         with pytest.raises(StopRun):

@@ -34,14 +34,28 @@ def queue_keys(queue: str) -> list[str]:
     return [queue if step == 0 else f"{queue}{PRIORITY_SEPARATOR}{step}" for step in PRIORITY_STEPS]
 
 
-def messages_in_flight(client: redis.Redis, queue: str, task: str) -> set[str]:
-    """First arguments (job ids) of ``task`` messages waiting in ``queue`` or unacknowledged."""
-    ids = {job for raw in _waiting(client, queue) if (job := first_argument(json.loads(raw), task))}
-    for _tag, raw in client.hscan_iter(UNACKED_KEY, count=_SLICE):
-        delivered = json.loads(raw)
-        if isinstance(delivered, list) and delivered and (job := first_argument(delivered[0], task)):
-            ids.add(job)
-    return ids
+class BrokerQueues:
+    """The broker's queues, read through the store's Redis client."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._client = client
+
+    def in_flight(self, queue: str, task: str) -> set[str]:
+        """First arguments (job ids) of ``task`` messages waiting in ``queue`` or unacknowledged."""
+        client = self._client
+        ids = {job for raw in _waiting(client, queue) if (job := first_argument(json.loads(raw), task))}
+        for _tag, raw in client.hscan_iter(UNACKED_KEY, count=_SLICE):
+            delivered = json.loads(raw)
+            if isinstance(delivered, list) and delivered and (job := first_argument(delivered[0], task)):
+                ids.add(job)
+        return ids
+
+    def depth(self, queue: str) -> int:
+        """Messages waiting in ``queue`` (not those a worker holds)."""
+        pipe = self._client.pipeline(transaction=False)
+        for name in queue_keys(queue):
+            pipe.llen(name)
+        return sum(int(length) for length in pipe.execute())
 
 
 def _waiting(client: redis.Redis, queue: str) -> Iterator[str]:
