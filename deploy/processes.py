@@ -5,6 +5,8 @@ started; everything that starts one builds its command line here:
 
 - ``python -m deploy.processes worker`` (or ``notifier``) replaces itself (exec) with the
   command line built below, its settings read from the environment;
+- ``deploy.launcher`` (one worker per GPU) starts :func:`worker_argv` as a
+  :class:`ManagedProcess` per GPU;
 - ``deploy.local`` (``make run``, the tests, the benchmarks) starts the same command
   lines on loopback;
 - ``deploy/gunicorn.conf.py`` (the gateway image) takes its worker class, timeouts and

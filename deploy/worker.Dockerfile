@@ -32,7 +32,7 @@ RUN pip install --no-cache-dir --disable-pip-version-check -r /tmp/requirements/
 WORKDIR /app
 COPY shared/ shared/
 COPY worker/ worker/
-COPY deploy/__init__.py deploy/local.py deploy/launcher.py deploy/
+COPY deploy/__init__.py deploy/processes.py deploy/launcher.py deploy/
 
 # Weights download once into HF_HOME; mount a volume there so a restart reuses them.
 # MODEL_ID: the canonical Hugging Face id of the SD1.5 weights (formerly runwayml/...).

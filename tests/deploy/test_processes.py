@@ -25,7 +25,7 @@ from deploy.processes import (
     worker_argv,
 )
 from shared.settings import Settings
-from tests.deploy.files import ROOT, copied, instructions
+from tests.deploy.files import DEPLOY, ROOT, copied, instructions
 
 PYTHON_M = [sys.executable, "-m"]
 
@@ -174,6 +174,11 @@ def project_files_imported(code: str) -> set[str]:
             "runpy.run_path('deploy/gunicorn.conf.py')",
             {"deploy/gunicorn.conf.py", "deploy/processes.py", "worker/notify_main.py", "api/app.py"},
         ),
+        (
+            "worker.Dockerfile",
+            "import deploy.processes, deploy.launcher, worker.health",
+            {"deploy/processes.py", "deploy/launcher.py", "worker/health.py"},
+        ),
     ],
 )
 def test_images_copy_every_module_they_run(image: str, code: str, runs: set[str]) -> None:
@@ -183,3 +188,13 @@ def test_images_copy_every_module_they_run(image: str, code: str, runs: set[str]
     sources = copied(image)
     for path in sorted(imported | runs):
         assert any(path == s or path.startswith(s.rstrip("/") + "/") for s in sources), f"{image}: {path}"
+
+
+def test_the_worker_image_has_no_development_harness() -> None:
+    assert not any(source.startswith("deploy/local") for source in copied("worker.Dockerfile"))
+    assert "!deploy/local.py" not in (DEPLOY / "worker.Dockerfile.dockerignore").read_text()
+    code = "import sys, deploy.launcher, deploy.processes; assert 'deploy.local' not in sys.modules"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
