@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # The gateway: Flask under gunicorn (threaded). No torch, only the base dependencies.
-# Also the image of the webhook worker (celery -A worker.notify_main).
+# Also the image of the webhook worker (python -m deploy.processes notifier).
 # Build from the repository root:
 #   docker build -f deploy/gateway.Dockerfile -t img2img-gateway .
 FROM python:3.11-slim

@@ -3,8 +3,9 @@
 This module owns how a GPU worker, the webhook worker (notifier) and the gateway are
 started; everything that starts one builds its command line here:
 
-- ``python -m deploy.processes worker`` (or ``notifier``) replaces itself (exec) with the
-  command line built below, its settings read from the environment;
+- the images, compose and Kubernetes run ``python -m deploy.processes worker`` or
+  ``... notifier``, which builds the command line below from the environment's settings
+  and replaces itself (exec) with it;
 - ``deploy.launcher`` (one worker per GPU) starts :func:`worker_argv` as a
   :class:`ManagedProcess` per GPU;
 - ``deploy.local`` (``make run``, the tests, the benchmarks) starts the same command

@@ -23,6 +23,7 @@ from tests.deploy.files import (
     container,
     copied,
     dockerfile,
+    entry_argv,
     env_assignments,
     instructions,
     k8s,
@@ -120,7 +121,7 @@ def test_keda_scales_workers_on_the_queue_they_consume() -> None:
     (trigger,) = scaled["spec"]["triggers"]
     assert trigger["type"] == "redis"
     config = k8s("ConfigMap", "img2img-config")["data"]
-    consumed = queue_option(container(worker)["command"])
+    consumed = queue_option(entry_argv(container(worker)["command"], config))
     assert trigger["metadata"]["listName"] == consumed == config["QUEUE_NAME"] == DEFAULTS.queue_name
     # KEDA reads the same Redis database the workers' broker uses.
     assert config["REDIS_URL"].endswith("/" + trigger["metadata"]["databaseIndex"])
@@ -131,20 +132,27 @@ def test_compose_and_images_consume_the_configured_queue() -> None:
     services = compose()["services"]
     for name in ("gateway", "worker", "worker-cpu", "workers-multigpu"):
         assert services[name]["environment"]["QUEUE_NAME"] == DEFAULTS.queue_name
-    cpu_command = services["worker-cpu"]["command"][-1]
-    assert queue_option(shlex.split(cpu_command)) == DEFAULTS.queue_name
+    cpu = services["worker-cpu"]
+    cpu_command = shlex.split(cpu["command"][-1])
+    cpu_argv = entry_argv(cpu_command[cpu_command.index("exec") + 1 :], cpu["environment"])
+    assert queue_option(cpu_argv) == DEFAULTS.queue_name
     (cmd,) = instructions("worker.Dockerfile", "CMD")
-    assert f'-Q \\"${{QUEUE_NAME:-{DEFAULTS.queue_name}}}\\"' in cmd
-    assert env_assignments("worker.Dockerfile")["QUEUE_NAME"] == DEFAULTS.queue_name
+    image_env = env_assignments("worker.Dockerfile")
+    assert image_env["QUEUE_NAME"] == DEFAULTS.queue_name
+    assert queue_option(entry_argv(json.loads(cmd), image_env)) == DEFAULTS.queue_name
+    # The compose GPU workers run the image's command with the compose environment.
+    assert "command" not in services["worker"]
+    assert queue_option(entry_argv(json.loads(cmd), services["worker"]["environment"])) == DEFAULTS.queue_name
 
 
 def test_webhook_worker_consumes_the_webhook_queue() -> None:
     notifier = compose()["services"]["notifier"]
-    assert queue_option(notifier["command"]) == DEFAULTS.webhook_queue
+    assert queue_option(entry_argv(notifier["command"], notifier["environment"])) == DEFAULTS.webhook_queue
     assert notifier["environment"]["WEBHOOK_QUEUE"] == DEFAULTS.webhook_queue
     deployment = container(k8s("Deployment", "img2img-notifier"))
-    assert queue_option(deployment["command"]) == DEFAULTS.webhook_queue
-    assert k8s("ConfigMap", "img2img-config")["data"]["WEBHOOK_QUEUE"] == DEFAULTS.webhook_queue
+    config = k8s("ConfigMap", "img2img-config")["data"]
+    assert queue_option(entry_argv(deployment["command"], config)) == DEFAULTS.webhook_queue
+    assert config["WEBHOOK_QUEUE"] == DEFAULTS.webhook_queue
     # It runs from the gateway image, which has its code and no torch.
     assert notifier["image"] == compose()["services"]["gateway"]["image"]
     assert deployment["image"] == container(k8s("Deployment", "img2img-gateway"))["image"]

@@ -8,6 +8,7 @@ import shlex
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,17 @@ from deploy.processes import (
     worker_argv,
 )
 from shared.settings import Settings
-from tests.deploy.files import DEPLOY, ROOT, copied, instructions
+from tests.deploy.files import (
+    DEPLOY,
+    ROOT,
+    compose,
+    container,
+    copied,
+    entry_argv,
+    instructions,
+    k8s,
+    k8s_documents,
+)
 
 PYTHON_M = [sys.executable, "-m"]
 
@@ -138,6 +149,64 @@ def test_entry_execs_the_notifier_in_its_place(isolated_settings: Settings, tmp_
         assert entry.proc is not None and entry.proc.wait(30) == 0
     finally:
         entry.stop()
+
+
+# -- every deployment file runs them ------------------------------------------------------
+
+
+def commands() -> Iterator[tuple[str, list[str]]]:
+    """``(where, argv)`` for every command a deployment file gives the app's containers."""
+    for name, service in compose()["services"].items():
+        if "command" in service and str(service.get("image", "")).startswith("img2img-"):
+            command = service["command"]
+            yield f"compose {name}", shlex.split(command) if isinstance(command, str) else command
+    for doc in k8s_documents():
+        if doc["kind"] in ("Deployment", "StatefulSet") and doc["metadata"]["name"] != "redis":
+            for c in doc["spec"]["template"]["spec"]["containers"]:
+                yield f"k8s {doc['metadata']['name']}", [*c.get("command", []), *c.get("args", [])]
+    for name in ("gateway.Dockerfile", "worker.Dockerfile"):
+        for cmd in instructions(name, "CMD"):
+            yield name, json.loads(cmd)
+
+
+def test_no_deployment_file_spells_a_celery_worker_command_line() -> None:
+    """Workers and the notifier start through ``python -m deploy.processes`` (or the launcher)."""
+    found = list(commands())
+    assert len(found) >= 7
+    for where, argv in found:
+        assert "celery" not in " ".join(argv), f"{where}: {argv}"
+
+
+def test_every_entry_in_the_deployment_files_builds_the_expected_command() -> None:
+    services = compose()["services"]
+    config = k8s("ConfigMap", "img2img-config")["data"]
+    (worker_cmd,) = instructions("worker.Dockerfile", "CMD")
+    cpu = shlex.split(services["worker-cpu"]["command"][-1])
+    expected = {
+        "worker image": (json.loads(worker_cmd), {}, worker_argv(Settings(), "worker")),
+        "compose worker-cpu": (cpu[cpu.index("exec") + 1 :], {}, worker_argv(Settings(), "cpu")),
+        "k8s worker": (
+            container(k8s("Deployment", "img2img-worker"))["command"],
+            config,
+            worker_argv(Settings()),
+        ),
+        "compose notifier": (services["notifier"]["command"], {}, notifier_argv(Settings(), "notifier", 8)),
+        "k8s notifier": (
+            container(k8s("Deployment", "img2img-notifier"))["command"],
+            config,
+            notifier_argv(Settings(), "notifier", 8),
+        ),
+    }
+    for where, (command, environ, argv) in expected.items():
+        assert entry_argv(command, environ) == argv, where
+    # The compose healthcheck pings the notifier by the node name the entry gives it.
+    notifier = entry_argv(services["notifier"]["command"], {})
+    name = notifier[notifier.index("-n") + 1].removesuffix("@%h")
+    assert f"-d {name}@$$HOSTNAME " in services["notifier"]["healthcheck"]["test"][1]
+    # The multi-GPU service and systemd run the launcher, which runs worker_argv per GPU.
+    assert services["workers-multigpu"]["command"][:3] == ["python", "-m", "deploy.launcher"]
+    unit = (DEPLOY / "systemd" / "img2img-workers.service").read_text()
+    assert "-m deploy.launcher " in unit
 
 
 # -- what the images carry --------------------------------------------------------------------
