@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # The gateway: Flask under gunicorn (threaded). No torch, only the base dependencies.
-# Also the image of the webhook worker (celery -A worker.notify_main).
+# Also the image of the webhook worker (python -m deploy.processes notifier).
 # Build from the repository root:
 #   docker build -f deploy/gateway.Dockerfile -t img2img-gateway .
 FROM python:3.11-slim
@@ -19,7 +19,7 @@ RUN pip install --no-cache-dir --disable-pip-version-check -r /tmp/requirements-
 WORKDIR /app
 COPY shared/ shared/
 COPY api/ api/
-COPY deploy/__init__.py deploy/gunicorn.conf.py deploy/
+COPY deploy/__init__.py deploy/gunicorn.conf.py deploy/processes.py deploy/
 # The webhook worker needs no torch either: it runs from this image too.
 COPY worker/__init__.py worker/notify.py worker/notify_main.py worker/
 

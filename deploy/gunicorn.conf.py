@@ -4,6 +4,9 @@ Processes and threads come from the ``GATEWAY_WORKERS`` and ``GATEWAY_THREADS`` 
 Every synchronous request holds one thread while it waits (up to ``SYNC_WAIT_SECONDS``),
 so ``GATEWAY_WORKERS * GATEWAY_THREADS`` is the number of clients that can wait at once.
 
+The worker class, timeouts and keep-alive come from ``deploy.processes``, which also builds
+the command line of the gateway ``make run`` and the tests start (the image copies it).
+
 With ``PROMETHEUS_MULTIPROC_DIR`` set, the directory is emptied at start and a dead
 process's files are marked, so ``/metrics`` adds up all processes.
 """
@@ -15,6 +18,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from deploy.processes import (
+    GATEWAY_KEEPALIVE,
+    GATEWAY_WORKER_CLASS,
+    gateway_graceful_timeout,
+    gateway_timeout,
+)
 from shared.settings import Settings
 
 _settings = Settings.from_env()
@@ -23,11 +32,11 @@ _metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
 bind = "0.0.0.0:8000"  # --bind on the command line overrides it
 workers = _settings.gateway_workers
 threads = _settings.gateway_threads
-worker_class = "gthread"
+worker_class = GATEWAY_WORKER_CLASS
 # A synchronous request may legitimately wait SYNC_WAIT_SECONDS; let it finish on shutdown too.
-timeout = int(_settings.sync_wait_seconds) + 60
-graceful_timeout = int(_settings.sync_wait_seconds) + 10
-keepalive = 30
+timeout = gateway_timeout(_settings.sync_wait_seconds)
+graceful_timeout = gateway_graceful_timeout(_settings.sync_wait_seconds)
+keepalive = GATEWAY_KEEPALIVE
 accesslog = "-"
 errorlog = "-"
 

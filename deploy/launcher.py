@@ -27,16 +27,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deploy.local import WorkerProcess
+from deploy.processes import ManagedProcess, service_env, worker_argv
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
 _GPU_LINE = re.compile(r"^GPU (\d+):")
 _MIG_LINE = re.compile(r"^\s+MIG .*\(UUID: (MIG-[^)\s]+)\)")
-
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 class LaunchError(RuntimeError):
@@ -145,12 +142,12 @@ def plan_slots(settings: Settings, gpus: Sequence[str], workers: int | None, dev
 # -- supervising them -----------------------------------------------------------
 
 
-class ConsoleWorkerProcess(WorkerProcess):
-    """A worker that shares the launcher's stdout and stderr (a container's log), no log file."""
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(self.argv, env=self.env, cwd=ROOT, start_new_session=True)
-        log.info("%s: started pid %d", self.name, self.proc.pid)
+def worker_process(settings: Settings, slot: Slot, log_dir: Path | None) -> ManagedProcess:
+    """The slot's worker (deploy.processes' command line), logging to ``log_dir`` or to stdout."""
+    log_file = None if log_dir is None else log_dir / f"{slot.name}.log"
+    return ManagedProcess(
+        slot.name, worker_argv(settings, slot.name), log_file, service_env(settings, slot.env)
+    )
 
 
 @dataclass(frozen=True)
@@ -167,7 +164,7 @@ class Backoff:
 
 @dataclass
 class _Supervised:
-    process: WorkerProcess
+    process: ManagedProcess
     started_at: float = 0.0
     failures: int = 0
     restarts: int = 0
@@ -189,11 +186,7 @@ class Launcher:
         self.backoff = backoff or Backoff()
         # Long enough for a running job to end under Celery's warm shutdown.
         self.stop_timeout = settings.task_time_limit + 30.0 if stop_timeout is None else stop_timeout
-        kind = WorkerProcess if log_dir is not None else ConsoleWorkerProcess
-        self.workers = [
-            _Supervised(kind(settings, log_dir or Path("-"), name=slot.name, extra_env=slot.env))
-            for slot in slots
-        ]
+        self.workers = [_Supervised(worker_process(settings, slot, log_dir)) for slot in slots]
 
     def start(self) -> None:
         for worker in self.workers:
@@ -229,7 +222,7 @@ class Launcher:
                 code,
                 ran,
                 pause,
-                worker.process.log_file,
+                worker.process.log_file or "stdout",
             )
 
     def run(self, stop: threading.Event, poll: float = 0.5) -> None:

@@ -3,6 +3,10 @@
 Used by ``make run`` (``python -m deploy.local``), by the integration tests and by the
 benchmarks, so all three start the same real pieces the same way. Every process binds
 to loopback, writes its log to a file and is stopped (then killed) explicitly.
+
+Workers, the webhook worker and the gateway run the command lines of
+:mod:`deploy.processes`, the ones production runs. This module is for development only:
+no image ships it.
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ import secrets
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -24,6 +27,14 @@ from pathlib import Path
 
 import redis
 
+from deploy.processes import (
+    NOTIFIER_THREADS,
+    ManagedProcess,
+    gateway_argv,
+    notifier_argv,
+    service_env,
+    worker_argv,
+)
 from shared.keys import KeyStore, key_id_of
 from shared.pricing import to_milli
 from shared.settings import Settings
@@ -58,59 +69,6 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, log_file: P
     if log_file is not None and log_file.exists():
         tail = "\n" + "\n".join(log_file.read_text(errors="replace").splitlines()[-40:])
     raise StartError(f"{what} did not come up within {timeout:.0f}s{tail}")
-
-
-class ManagedProcess:
-    """A child process with a log file and an explicit start/stop lifecycle."""
-
-    def __init__(self, name: str, argv: Sequence[str], log_file: Path, env: Mapping[str, str] | None = None):
-        self.name = name
-        self.argv = list(argv)
-        self.log_file = log_file
-        self.env = dict(os.environ if env is None else env)
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_file, "ab") as out:
-            self.proc = subprocess.Popen(
-                self.argv,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=self.env,
-                cwd=Path(__file__).resolve().parent.parent,
-                start_new_session=True,
-            )
-        log.info("%s: started pid %d", self.name, self.proc.pid)
-
-    @property
-    def pid(self) -> int:
-        if self.proc is None:
-            raise RuntimeError(f"{self.name} is not started")
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def signal(self, sig: int) -> None:
-        """Send ``sig`` to the process group (a Celery worker's pool children included)."""
-        if self.alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.pid, sig)
-
-    def stop(self, timeout: float = 15.0) -> None:
-        if self.proc is None:
-            return
-        self.signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.signal(signal.SIGKILL)
-            self.proc.wait(5)
-        # Children left behind in the group (pool processes) go too.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signal.SIGKILL)
-        log.info("%s: stopped", self.name)
 
 
 class RedisServer(ManagedProcess):
@@ -167,13 +125,6 @@ class S3Server(ManagedProcess):
         wait_until(up, timeout, self.name, self.log_file)
 
 
-def service_env(settings: Settings, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(settings.to_env())
-    env.update(extra or {})
-    return env
-
-
 class WorkerProcess(ManagedProcess):
     """A Celery worker: one pool process holding one loaded pipeline."""
 
@@ -184,28 +135,8 @@ class WorkerProcess(ManagedProcess):
         name: str = "worker",
         extra_env: Mapping[str, str] | None = None,
     ):
-        argv = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "worker.main",
-            "worker",
-            "-Q",
-            settings.queue_name,
-            "-c",
-            "1",
-            "-P",
-            "prefork",
-            "-n",
-            f"{name}@%h",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-            "-l",
-            "info",
-        ]
-        super().__init__(name, argv, workdir / f"{name}.log", service_env(settings, extra_env))
+        env = service_env(settings, extra_env)
+        super().__init__(name, worker_argv(settings, name), workdir / f"{name}.log", env)
         self.settings = settings
 
     def wait_ready(self, store: JobStore, timeout: float = 120.0, before: Sequence[str] = ()) -> None:
@@ -223,17 +154,15 @@ class WorkerProcess(ManagedProcess):
 class NotifierProcess(ManagedProcess):
     """The webhook worker: a thread-pool Celery worker on the webhook queue (no torch)."""
 
-    def __init__(self, settings: Settings, workdir: Path, name: str = "notifier", threads: int = 8):
-        argv = [
-            sys.executable, "-m", "celery", "-A", "worker.notify_main", "worker",
-            "-Q", settings.webhook_queue, "-c", str(threads), "-P", "threads", "-n", f"{name}@%h",
-            "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "info",
-        ]  # fmt: skip
-        super().__init__(name, argv, workdir / f"{name}.log", service_env(settings))
+    def __init__(
+        self, settings: Settings, workdir: Path, name: str = "notifier", threads: int = NOTIFIER_THREADS
+    ):
+        self.log_path = workdir / f"{name}.log"
+        super().__init__(name, notifier_argv(settings, name, threads), self.log_path, service_env(settings))
 
     def start(self, timeout: float = 30.0) -> None:
         super().start()
-        wait_until(lambda: b"ready." in self.log_file.read_bytes(), timeout, self.name, self.log_file)
+        wait_until(lambda: b"ready." in self.log_path.read_bytes(), timeout, self.name, self.log_path)
 
 
 class GatewayProcess(ManagedProcess):
@@ -243,24 +172,7 @@ class GatewayProcess(ManagedProcess):
         self, settings: Settings, workdir: Path, port: int | None = None, workers: int = 1, threads: int = 32
     ):
         self.port = port or free_port()
-        argv = [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "api.wsgi:app",
-            "--bind",
-            f"{LOOPBACK}:{self.port}",
-            "--workers",
-            str(workers),
-            "--threads",
-            str(threads),
-            "--worker-class",
-            "gthread",
-            "--timeout",
-            str(int(settings.sync_wait_seconds) + 60),
-            "--keep-alive",
-            "30",
-        ]
+        argv = gateway_argv(settings, f"{LOOPBACK}:{self.port}", workers, threads)
         super().__init__(f"gateway:{self.port}", argv, workdir / "gateway.log", service_env(settings))
 
     @property

@@ -32,7 +32,7 @@ RUN pip install --no-cache-dir --disable-pip-version-check -r /tmp/requirements/
 WORKDIR /app
 COPY shared/ shared/
 COPY worker/ worker/
-COPY deploy/__init__.py deploy/local.py deploy/launcher.py deploy/
+COPY deploy/__init__.py deploy/processes.py deploy/launcher.py deploy/
 
 # Weights download once into HF_HOME; mount a volume there so a restart reuses them.
 # MODEL_ID: the canonical Hugging Face id of the SD1.5 weights (formerly runwayml/...).
@@ -49,4 +49,5 @@ HEALTHCHECK --interval=15s --timeout=10s --start-period=20m --retries=3 \
     CMD ["python", "-m", "worker.health"]
 # SIGTERM is Celery's warm shutdown: the running job finishes, nothing new is taken.
 STOPSIGNAL SIGTERM
-CMD ["sh", "-c", "exec celery -A worker.main worker -Q \"${QUEUE_NAME:-img2img}\" -c 1 -P prefork -n \"worker@%h\" --without-gossip --without-mingle -l info"]
+# Execs the one worker command line (deploy/processes.py) on QUEUE_NAME; `--print` shows it.
+CMD ["python", "-m", "deploy.processes", "worker"]

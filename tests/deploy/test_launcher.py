@@ -18,7 +18,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from api.service import JobService
 from deploy.launcher import (
     Backoff,
-    ConsoleWorkerProcess,
     Launcher,
     LaunchError,
     detect_gpus,
@@ -26,7 +25,8 @@ from deploy.launcher import (
     parse_nvidia_smi,
     plan_slots,
 )
-from deploy.local import LOOPBACK, service_env, wait_until
+from deploy.local import LOOPBACK, wait_until
+from deploy.processes import service_env, worker_argv
 from shared.jobs import JobStatus
 from shared.schema import parse_request
 from shared.settings import Settings
@@ -99,11 +99,23 @@ def test_without_a_log_dir_workers_write_to_the_launchers_stdout(capfd: pytest.C
     launcher = Launcher(Settings(), plan_slots(Settings(), [], 1, "cpu"), log_dir=None)
     (worker,) = launcher.workers
     process = worker.process
-    assert isinstance(process, ConsoleWorkerProcess)
+    assert process.log_file is None
     process.argv = [sys.executable, "-c", "print('from the worker')"]
     process.start()
     assert process.proc is not None and process.proc.wait(30) == 0
     assert "from the worker" in capfd.readouterr().out
+
+
+def test_each_slot_runs_the_one_worker_command_line(tmp_path: Path) -> None:
+    settings = Settings(queue_name="q-launcher", worker_metrics_port=9100)
+    slots = plan_slots(settings, ["0", "1"], None, "cuda")
+    launcher = Launcher(settings, slots, log_dir=tmp_path)
+    for slot, worker in zip(slots, launcher.workers, strict=True):
+        process = worker.process
+        assert process.argv == worker_argv(settings, slot.name)
+        assert process.log_file == tmp_path / f"{slot.name}.log"
+        assert {key: process.env[key] for key in slot.env} == slot.env
+        assert process.env["QUEUE_NAME"] == "q-launcher"
 
 
 def test_refuses_to_start_without_a_model(tmp_path: Path) -> None:

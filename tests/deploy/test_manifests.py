@@ -14,10 +14,23 @@ import pytest
 import yaml
 
 from shared.settings import ENV_NAMES, Settings
+from tests.deploy.files import (
+    DEPLOY,
+    K8S,
+    ROOT,
+    arg_defaults,
+    compose,
+    container,
+    copied,
+    dockerfile,
+    entry_argv,
+    env_assignments,
+    instructions,
+    k8s,
+    k8s_documents,
+    queue_option,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-DEPLOY = ROOT / "deploy"
-K8S = DEPLOY / "k8s"
 DEFAULTS = Settings()
 
 # Environment variables of the app's containers that are not settings, and who reads them.
@@ -32,64 +45,6 @@ TORCH_FAMILY = {"torch", "torchvision", "diffusers", "transformers", "accelerate
 
 
 # -- reading the files ---------------------------------------------------------
-
-
-def compose() -> dict[str, Any]:
-    data: dict[str, Any] = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
-    return data
-
-
-def k8s_documents() -> list[dict[str, Any]]:
-    docs: list[dict[str, Any]] = []
-    for path in sorted(K8S.glob("*.yaml")):
-        if path.name != "kustomization.yaml":
-            docs.extend(doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None)
-    return docs
-
-
-def k8s(kind: str, name: str) -> dict[str, Any]:
-    found = [d for d in k8s_documents() if d["kind"] == kind and d["metadata"]["name"] == name]
-    assert len(found) == 1, f"{kind}/{name}: {len(found)} documents"
-    return found[0]
-
-
-def container(deployment: dict[str, Any]) -> dict[str, Any]:
-    containers: list[dict[str, Any]] = deployment["spec"]["template"]["spec"]["containers"]
-    assert len(containers) == 1
-    return containers[0]
-
-
-def dockerfile(name: str) -> list[tuple[str, str]]:
-    """``(INSTRUCTION, arguments)`` pairs, continuation lines joined, comments dropped."""
-    lines = [line for line in (DEPLOY / name).read_text().splitlines() if not line.lstrip().startswith("#")]
-    joined = re.sub(r"\\\n\s*", " ", "\n".join(lines))
-    pairs = []
-    for line in joined.splitlines():
-        if line.strip():
-            instruction, _, rest = line.strip().partition(" ")
-            pairs.append((instruction.upper(), rest.strip()))
-    return pairs
-
-
-def instructions(name: str, kind: str) -> list[str]:
-    return [rest for instruction, rest in dockerfile(name) if instruction == kind]
-
-
-def env_assignments(name: str) -> dict[str, str]:
-    env: dict[str, str] = {}
-    for rest in instructions(name, "ENV"):
-        for item in shlex.split(rest):
-            key, _, value = item.partition("=")
-            env[key] = value
-    return env
-
-
-def arg_defaults(name: str) -> dict[str, str]:
-    args = {}
-    for rest in instructions(name, "ARG"):
-        key, _, value = rest.partition("=")
-        args[key] = value.strip('"')
-    return args
 
 
 def requirement_lines(path: Path) -> list[str]:
@@ -114,11 +69,6 @@ def package(requirement: str) -> str:
 def pyproject() -> dict[str, Any]:
     data: dict[str, Any] = tomllib.loads((ROOT / "pyproject.toml").read_text())
     return data
-
-
-def queue_option(argv: list[str]) -> str:
-    assert "-Q" in argv, argv
-    return argv[argv.index("-Q") + 1]
 
 
 # -- every file parses -----------------------------------------------------------------
@@ -171,7 +121,7 @@ def test_keda_scales_workers_on_the_queue_they_consume() -> None:
     (trigger,) = scaled["spec"]["triggers"]
     assert trigger["type"] == "redis"
     config = k8s("ConfigMap", "img2img-config")["data"]
-    consumed = queue_option(container(worker)["command"])
+    consumed = queue_option(entry_argv(container(worker)["command"], config))
     assert trigger["metadata"]["listName"] == consumed == config["QUEUE_NAME"] == DEFAULTS.queue_name
     # KEDA reads the same Redis database the workers' broker uses.
     assert config["REDIS_URL"].endswith("/" + trigger["metadata"]["databaseIndex"])
@@ -182,20 +132,27 @@ def test_compose_and_images_consume_the_configured_queue() -> None:
     services = compose()["services"]
     for name in ("gateway", "worker", "worker-cpu", "workers-multigpu"):
         assert services[name]["environment"]["QUEUE_NAME"] == DEFAULTS.queue_name
-    cpu_command = services["worker-cpu"]["command"][-1]
-    assert queue_option(shlex.split(cpu_command)) == DEFAULTS.queue_name
+    cpu = services["worker-cpu"]
+    cpu_command = shlex.split(cpu["command"][-1])
+    cpu_argv = entry_argv(cpu_command[cpu_command.index("exec") + 1 :], cpu["environment"])
+    assert queue_option(cpu_argv) == DEFAULTS.queue_name
     (cmd,) = instructions("worker.Dockerfile", "CMD")
-    assert f'-Q \\"${{QUEUE_NAME:-{DEFAULTS.queue_name}}}\\"' in cmd
-    assert env_assignments("worker.Dockerfile")["QUEUE_NAME"] == DEFAULTS.queue_name
+    image_env = env_assignments("worker.Dockerfile")
+    assert image_env["QUEUE_NAME"] == DEFAULTS.queue_name
+    assert queue_option(entry_argv(json.loads(cmd), image_env)) == DEFAULTS.queue_name
+    # The compose GPU workers run the image's command with the compose environment.
+    assert "command" not in services["worker"]
+    assert queue_option(entry_argv(json.loads(cmd), services["worker"]["environment"])) == DEFAULTS.queue_name
 
 
 def test_webhook_worker_consumes_the_webhook_queue() -> None:
     notifier = compose()["services"]["notifier"]
-    assert queue_option(notifier["command"]) == DEFAULTS.webhook_queue
+    assert queue_option(entry_argv(notifier["command"], notifier["environment"])) == DEFAULTS.webhook_queue
     assert notifier["environment"]["WEBHOOK_QUEUE"] == DEFAULTS.webhook_queue
     deployment = container(k8s("Deployment", "img2img-notifier"))
-    assert queue_option(deployment["command"]) == DEFAULTS.webhook_queue
-    assert k8s("ConfigMap", "img2img-config")["data"]["WEBHOOK_QUEUE"] == DEFAULTS.webhook_queue
+    config = k8s("ConfigMap", "img2img-config")["data"]
+    assert queue_option(entry_argv(deployment["command"], config)) == DEFAULTS.webhook_queue
+    assert config["WEBHOOK_QUEUE"] == DEFAULTS.webhook_queue
     # It runs from the gateway image, which has its code and no torch.
     assert notifier["image"] == compose()["services"]["gateway"]["image"]
     assert deployment["image"] == container(k8s("Deployment", "img2img-gateway"))["image"]
@@ -212,12 +169,11 @@ def test_every_file_an_image_copies_exists_and_passes_its_dockerignore(name: str
         for line in (DEPLOY / f"{name}.dockerignore").read_text().splitlines()
         if line.startswith("!")
     ]
-    for rest in instructions(name, "COPY"):
-        sources = [part for part in rest.split() if not part.startswith("--")][:-1]
-        assert sources, rest
-        for source in sources:
-            assert (ROOT / source).exists(), source
-            assert any(source == a or source.startswith(a.rstrip("/") + "/") for a in allowed), source
+    sources = copied(name)
+    assert sources
+    for source in sources:
+        assert (ROOT / source).exists(), source
+        assert any(source == a or source.startswith(a.rstrip("/") + "/") for a in allowed), source
 
 
 def test_gateway_image_requirements_are_the_base_dependencies_without_torch() -> None:
