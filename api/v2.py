@@ -9,18 +9,18 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify
 
 from api.auth import current_owner
-from api.routes import service, submit_from_request
-from api.views import V2_STATUS, absolute_url, v2_result_body, v2_status_body
+from api.context import absolute_url, service
+from api.submit import submit_from_request
+from api.views import V2_STATUS, v2_result_body, v2_status_body
 
 bp = Blueprint("v2", __name__, url_prefix="/v2")
 
 
 @bp.post("/sd1.5-img2img")
 def submit() -> Response:
-    svc = service()
-    job = submit_from_request(svc)
-    status_url = absolute_url(svc, "v2.status", request_id=job.id)
-    response_url = absolute_url(svc, "v2.result", request_id=job.id)
+    job = submit_from_request(service())
+    status_url = absolute_url("v2.status", request_id=job.id)
+    response_url = absolute_url("v2.result", request_id=job.id)
     return jsonify(
         {
             "request_id": job.id,
@@ -40,9 +40,8 @@ def status(request_id: str) -> Response:
 
 @bp.get("/requests/<request_id>")
 def result(request_id: str) -> Response:
-    svc = service()
-    job = svc.get(request_id, current_owner())
-    return _with_status(jsonify(v2_result_body(svc, job)), V2_STATUS[job.status])
+    job = service().get(request_id, current_owner())
+    return _with_status(jsonify(v2_result_body(job)), V2_STATUS[job.status])
 
 
 def _with_status(response: Response, status: str) -> Response:

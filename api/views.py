@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from flask import request, url_for
-
+from api.context import base_url
 from api.service import JobService
 from shared.jobs import Job, JobStatus
 from shared.jobview import image_urls, job_document
@@ -19,18 +16,9 @@ V2_STATUS = {
 }
 
 
-def base_url(service: JobService) -> str:
-    """Where clients reach this gateway: ``PUBLIC_URL`` when set, else the request's host."""
-    return service.settings.public_url or request.host_url
-
-
-def absolute_url(service: JobService, endpoint: str, **values: Any) -> str:
-    return base_url(service).rstrip("/") + url_for(endpoint, **values)
-
-
 def job_body(service: JobService, job: Job) -> dict[str, object]:
     position, eta = service.queue_estimate(job.id) if job.status is JobStatus.QUEUED else (None, None)
-    return job_document(job, base_url(service), position, eta)
+    return job_document(job, base_url(), position, eta)
 
 
 def v2_status_body(job: Job) -> dict[str, object]:
@@ -40,10 +28,10 @@ def v2_status_body(job: Job) -> dict[str, object]:
     return body
 
 
-def v2_result_body(service: JobService, job: Job) -> dict[str, object]:
+def v2_result_body(job: Job) -> dict[str, object]:
     if job.status is not JobStatus.SUCCEEDED:
         return v2_status_body(job)
-    outputs = image_urls(job, base_url(service))
+    outputs = image_urls(job, base_url())
     return {
         "request_id": job.id,
         "status": "COMPLETED",

@@ -9,7 +9,7 @@ import pytest
 from flask import Flask
 from openapi_spec_validator import validate
 
-from api.app import service_of
+from api.context import service_of
 from api.openapi import COMMITTED, ROUTES, build_document, document_json, main
 from shared.schema import fields
 from shared.settings import Settings
