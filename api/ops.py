@@ -2,26 +2,24 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response
 
 from api.context import service
 from api.openapi import document_json
+from api.views import Health, Readiness, ReadinessChecks, respond
 
 bp = Blueprint("ops", __name__)
 
 
 @bp.get("/healthz")
 def healthz() -> Response:
-    return jsonify({"status": "ok"})
+    return respond(Health())
 
 
 @bp.get("/readyz")
 def readyz() -> Response:
-    checks = service().ready()
-    ready = all(checks.values())
-    response = jsonify({"status": "ready" if ready else "not ready", "checks": checks})
-    response.status_code = 200 if ready else 503
-    return response
+    readiness = Readiness.of(ReadinessChecks(**service().ready()))
+    return respond(readiness, 200 if readiness.ready else 503)
 
 
 @bp.get("/openapi.json")

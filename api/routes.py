@@ -5,16 +5,17 @@ from __future__ import annotations
 import base64
 from typing import cast
 
-from flask import Blueprint, Response, jsonify, request, url_for
+from flask import Blueprint, Response, request, url_for
 
 from api.auth import current_owner, note_balance
-from api.context import service
+from api.context import base_url, service
 from api.prefer import parse_prefer
 from api.service import JobService
 from api.submit import submit_from_request
-from api.views import job_body
+from api.views import Img2ImgResult, respond
 from shared.errors import JobFailed
 from shared.jobs import Job, JobStatus
+from shared.jobview import JobView
 from shared.pricing import format_credits
 
 bp = Blueprint("gateway", __name__)
@@ -40,15 +41,14 @@ def img2img() -> Response:
 def get_job(job_id: str) -> Response:
     svc = service()
     job = svc.get(job_id, current_owner())
-    return with_job_headers(jsonify(job_body(svc, job)), job)
+    return with_job_headers(respond(job_view(svc, job)), job)
 
 
 @bp.post("/v1/jobs/<job_id>/cancel")
 def cancel_job(job_id: str) -> Response:
     svc = service()
     job = svc.cancel(job_id, current_owner())
-    response = jsonify(job_body(svc, job))
-    response.status_code = 200 if job.status.terminal else 202
+    response = respond(job_view(svc, job), 200 if job.status.terminal else 202)
     return with_job_headers(response, job)
 
 
@@ -61,13 +61,19 @@ def get_job_image(job_id: str, index: int) -> Response:
     return with_job_headers(response, job)
 
 
+def job_view(svc: JobService, job: Job) -> JobView:
+    """The job as clients see it, with its place in the queue while queued."""
+    position, eta = svc.queue_estimate(job.id) if job.status is JobStatus.QUEUED else (None, None)
+    return JobView.of(job, base_url(), position, eta)
+
+
 def _finished_response(svc: JobService, job: Job, cached: list[bytes | None] | None = None) -> Response:
     """The answer to a job that ended; ``cached``: its outputs as already read from Redis."""
     if job.status is not JobStatus.SUCCEEDED:
         raise JobFailed(job.error or f"job {job.status.value}", job.id)
     if job.params.base64:
-        images = [base64.b64encode(data).decode("ascii") for data in svc.images(job, cached=cached)]
-        response = jsonify({"image": images[0], "images": images, "seeds": list(job.seeds), "job_id": job.id})
+        images = tuple(base64.b64encode(data).decode("ascii") for data in svc.images(job, cached=cached))
+        response = respond(Img2ImgResult(image=images[0], images=images, seeds=job.seeds, job_id=job.id))
     else:
         response = Response(svc.images(job, 1, cached)[0], mimetype="image/jpeg")
     response.headers["x-seed-value"] = str(job.seeds[0])
@@ -78,9 +84,7 @@ def _finished_response(svc: JobService, job: Job, cached: list[bytes | None] | N
 
 
 def _accepted_response(svc: JobService, job: Job) -> Response:
-    response = jsonify(job_body(svc, job))
-    response.status_code = 202
-    return with_job_headers(response, job)
+    return with_job_headers(respond(job_view(svc, job), 202), job)
 
 
 def with_job_headers(response: Response, job: Job) -> Response:
