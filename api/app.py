@@ -3,24 +3,20 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from flask import Flask
 
+from api import ops, routes, v2
 from api.auth import init_auth
+from api.context import install
 from api.errors import register_error_handlers
 from api.metrics import init_metrics
-from api.routes import bp
 from api.service import JobService
-from api.v2 import bp as v2_bp
 from shared.errors import Unavailable
 from shared.fetch import ImageFetcher
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
-
-EXTENSION = "img2img"
-FETCHER_EXTENSION = "img2img.fetcher"
 
 
 def create_app(settings: Settings | None = None, service: JobService | None = None) -> Flask:
@@ -35,21 +31,11 @@ def create_app(settings: Settings | None = None, service: JobService | None = No
         service.storage.ensure_bucket()
     except Unavailable as exc:
         log.warning("storage not ready at start (%s); /readyz will say so", exc)
-    app.extensions[EXTENSION] = service
-    app.extensions[FETCHER_EXTENSION] = ImageFetcher(settings)
+    install(app, service, ImageFetcher(settings))
     register_error_handlers(app)
     init_auth(app, settings, service.keys)
-    app.register_blueprint(bp)
-    app.register_blueprint(v2_bp)
+    app.register_blueprint(routes.bp)
+    app.register_blueprint(v2.bp)
+    app.register_blueprint(ops.bp)
     init_metrics(app, service)
     return app
-
-
-def service_of(app: Any) -> JobService:
-    service: JobService = app.extensions[EXTENSION]
-    return service
-
-
-def fetcher_of(app: Any) -> ImageFetcher:
-    fetcher: ImageFetcher = app.extensions[FETCHER_EXTENSION]
-    return fetcher

@@ -5,25 +5,33 @@ from __future__ import annotations
 import logging
 
 import redis
-from flask import Flask, Response, jsonify
+from flask import Flask, Response
 from gunicorn.http.errors import ParseException as BodyParseError
 from werkzeug.exceptions import HTTPException
 
-from shared.errors import RateLimited, ServiceError, Unavailable
+from api.views import ErrorBody, respond
+from shared.errors import InvalidInput, JobFailed, NotEnoughCredits, RateLimited, ServiceError, Unavailable
 
 log = logging.getLogger(__name__)
 
 
-def error_response(status: int, body: dict[str, object]) -> Response:
-    response = jsonify(body)
-    response.status_code = status
-    return response
+def error_body(exc: ServiceError) -> ErrorBody:
+    """The body of a service error: its message, and what it concerns."""
+    match exc:
+        case InvalidInput():
+            return ErrorBody(exc.message, field=exc.field)
+        case NotEnoughCredits():
+            return ErrorBody(exc.message, balance=exc.balance, cost=exc.cost)
+        case JobFailed():
+            return ErrorBody(exc.message, job_id=exc.job_id)
+        case _:
+            return ErrorBody(exc.message)
 
 
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ServiceError)
     def _service_error(exc: ServiceError) -> Response:
-        response = error_response(exc.status_code, exc.body())
+        response = respond(error_body(exc), exc.status_code)
         if isinstance(exc, Unavailable | RateLimited):
             response.headers["Retry-After"] = str(exc.retry_after)
         if exc.status_code >= 500:
@@ -40,12 +48,12 @@ def register_error_handlers(app: Flask) -> None:
         # gunicorn raises these while the body is read (e.g. a malformed chunk size).
         log.info("unreadable request body: %s", exc)
         message = "body: could not be read (malformed HTTP framing)"
-        return error_response(400, {"error": message, "field": "body"})
+        return respond(ErrorBody(message, field="body"), 400)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
-        response = error_response(status, {"error": _http_message(exc)})
+        response = respond(ErrorBody(_http_message(exc)), status)
         if status == 405 and exc.valid_methods:  # type: ignore[attr-defined]
             response.headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
         return response
@@ -53,7 +61,7 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
         log.exception("unhandled error")
-        return error_response(500, {"error": "internal server error"})
+        return respond(ErrorBody("internal server error"), 500)
 
 
 def _http_message(exc: HTTPException) -> str:

@@ -1,71 +1,24 @@
-"""HTTP routes of the gateway: the Segmind-compatible endpoint, jobs and operations."""
+"""The native v1 routes: the Segmind-compatible submit endpoint and the job API."""
 
 from __future__ import annotations
 
 import base64
 from typing import cast
 
-from flask import Blueprint, Response, current_app, jsonify, request, url_for
-from werkzeug.exceptions import RequestEntityTooLarge
+from flask import Blueprint, Response, request, url_for
 
 from api.auth import current_owner, note_balance
-from api.openapi import document_json
+from api.context import base_url, service
 from api.prefer import parse_prefer
 from api.service import JobService
-from api.views import job_body
-from shared.errors import InvalidInput, JobFailed
-from shared.fetch import ImageFetcher
-from shared.images import read_image_field
+from api.submit import submit_from_request
+from api.views import Img2ImgResult, respond
+from shared.errors import JobFailed
 from shared.jobs import Job, JobStatus
+from shared.jobview import JobView
 from shared.pricing import format_credits
-from shared.schema import parse_request
 
 bp = Blueprint("gateway", __name__)
-
-IDEMPOTENCY_HEADER = "Idempotency-Key"
-_MAX_IDEMPOTENCY_KEY = 255
-
-
-def service() -> JobService:
-    from api.app import service_of
-
-    return service_of(current_app)
-
-
-def fetcher() -> ImageFetcher:
-    from api.app import fetcher_of
-
-    return fetcher_of(current_app)
-
-
-def json_body() -> object | None:
-    """The decoded JSON body, or ``None`` when it is not JSON.
-
-    413 past ``MAX_CONTENT_LENGTH``, chunked bodies included: for those werkzeug stops
-    reading at the limit without raising, which would otherwise look like truncated JSON.
-    """
-    data = request.get_data(cache=True)
-    limit = request.max_content_length
-    if request.content_length is None and limit is not None and len(data) >= limit:
-        raise RequestEntityTooLarge()
-    try:
-        return request.get_json(force=True, silent=True)
-    except RecursionError:  # nested deeper than the parser's stack
-        return None
-
-
-def submit_from_request(svc: JobService) -> Job:
-    """Check the body and image, then accept the job (once per ``Idempotency-Key``)."""
-    body = json_body()
-    if body is None:
-        raise InvalidInput("body", "must be a JSON object")
-    checked = parse_request(body, svc.settings)
-    key = request.headers.get(IDEMPOTENCY_HEADER)
-    if key is not None and not 0 < len(key) <= _MAX_IDEMPOTENCY_KEY:
-        raise InvalidInput(IDEMPOTENCY_HEADER, f"must be 1 to {_MAX_IDEMPOTENCY_KEY} characters")
-    webhook = svc.check_webhook(checked.webhook) if checked.webhook else None
-    image = read_image_field(checked.image, svc.settings, fetcher=fetcher())  # decoded in full by submit
-    return svc.submit(checked.params, image, webhook=webhook, idempotency_key=key, owner=current_owner())
 
 
 @bp.post("/v1/sd1.5-img2img")
@@ -88,15 +41,14 @@ def img2img() -> Response:
 def get_job(job_id: str) -> Response:
     svc = service()
     job = svc.get(job_id, current_owner())
-    return with_job_headers(jsonify(job_body(svc, job)), job)
+    return with_job_headers(respond(job_view(svc, job)), job)
 
 
 @bp.post("/v1/jobs/<job_id>/cancel")
 def cancel_job(job_id: str) -> Response:
     svc = service()
     job = svc.cancel(job_id, current_owner())
-    response = jsonify(job_body(svc, job))
-    response.status_code = 200 if job.status.terminal else 202
+    response = respond(job_view(svc, job), 200 if job.status.terminal else 202)
     return with_job_headers(response, job)
 
 
@@ -109,23 +61,10 @@ def get_job_image(job_id: str, index: int) -> Response:
     return with_job_headers(response, job)
 
 
-@bp.get("/healthz")
-def healthz() -> Response:
-    return jsonify({"status": "ok"})
-
-
-@bp.get("/openapi.json")
-def openapi() -> Response:
-    return Response(document_json(service().settings), mimetype="application/json")
-
-
-@bp.get("/readyz")
-def readyz() -> Response:
-    checks = service().ready()
-    ready = all(checks.values())
-    response = jsonify({"status": "ready" if ready else "not ready", "checks": checks})
-    response.status_code = 200 if ready else 503
-    return response
+def job_view(svc: JobService, job: Job) -> JobView:
+    """The job as clients see it, with its place in the queue while queued."""
+    position, eta = svc.queue_estimate(job.id) if job.status is JobStatus.QUEUED else (None, None)
+    return JobView.of(job, base_url(), position, eta)
 
 
 def _finished_response(svc: JobService, job: Job, cached: list[bytes | None] | None = None) -> Response:
@@ -133,8 +72,8 @@ def _finished_response(svc: JobService, job: Job, cached: list[bytes | None] | N
     if job.status is not JobStatus.SUCCEEDED:
         raise JobFailed(job.error or f"job {job.status.value}", job.id)
     if job.params.base64:
-        images = [base64.b64encode(data).decode("ascii") for data in svc.images(job, cached=cached)]
-        response = jsonify({"image": images[0], "images": images, "seeds": list(job.seeds), "job_id": job.id})
+        images = tuple(base64.b64encode(data).decode("ascii") for data in svc.images(job, cached=cached))
+        response = respond(Img2ImgResult(image=images[0], images=images, seeds=job.seeds, job_id=job.id))
     else:
         response = Response(svc.images(job, 1, cached)[0], mimetype="image/jpeg")
     response.headers["x-seed-value"] = str(job.seeds[0])
@@ -145,9 +84,7 @@ def _finished_response(svc: JobService, job: Job, cached: list[bytes | None] | N
 
 
 def _accepted_response(svc: JobService, job: Job) -> Response:
-    response = jsonify(job_body(svc, job))
-    response.status_code = 202
-    return with_job_headers(response, job)
+    return with_job_headers(respond(job_view(svc, job), 202), job)
 
 
 def with_job_headers(response: Response, job: Job) -> Response:

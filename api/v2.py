@@ -6,45 +6,35 @@ covers canceled jobs) is served with HTTP 422 and carries ``error``.
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response
 
 from api.auth import current_owner
-from api.routes import service, submit_from_request
-from api.views import V2_STATUS, absolute_url, v2_result_body, v2_status_body
+from api.context import absolute_url, base_url, service
+from api.submit import submit_from_request
+from api.views import V2_STATUS, V2Result, V2State, V2Status, V2Submitted, respond
 
 bp = Blueprint("v2", __name__, url_prefix="/v2")
 
 
 @bp.post("/sd1.5-img2img")
 def submit() -> Response:
-    svc = service()
-    job = submit_from_request(svc)
-    status_url = absolute_url(svc, "v2.status", request_id=job.id)
-    response_url = absolute_url(svc, "v2.result", request_id=job.id)
-    return jsonify(
-        {
-            "request_id": job.id,
-            "status": V2_STATUS[job.status],
-            "status_url": status_url,
-            "response_url": response_url,
-            "poll_url": status_url,
-        }
-    )
+    job = submit_from_request(service())
+    status_url = absolute_url("v2.status", request_id=job.id)
+    response_url = absolute_url("v2.result", request_id=job.id)
+    return respond(V2Submitted(job.id, V2_STATUS[job.status], status_url, response_url, poll_url=status_url))
 
 
 @bp.get("/requests/<request_id>/status")
 def status(request_id: str) -> Response:
     job = service().get(request_id, current_owner())
-    return _with_status(jsonify(v2_status_body(job)), V2_STATUS[job.status])
+    return _with_status(V2Status.of(job))
 
 
 @bp.get("/requests/<request_id>")
 def result(request_id: str) -> Response:
-    svc = service()
-    job = svc.get(request_id, current_owner())
-    return _with_status(jsonify(v2_result_body(svc, job)), V2_STATUS[job.status])
+    job = service().get(request_id, current_owner())
+    return _with_status(V2Result.of(job, base_url()))
 
 
-def _with_status(response: Response, status: str) -> Response:
-    response.status_code = 422 if status == "FAILED" else 200
-    return response
+def _with_status(view: V2Status | V2Result) -> Response:
+    return respond(view, 422 if view.status == V2State.FAILED else 200)

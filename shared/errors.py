@@ -1,4 +1,5 @@
-"""The short error hierarchy both sides raise; the gateway maps it to HTTP in one place."""
+"""The short error hierarchy both sides raise; the gateway maps it to HTTP in one place
+(status codes and bodies: ``api/errors.py``)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,6 @@ class ServiceError(Exception):
         super().__init__(message)
         self.message = message
 
-    def body(self) -> dict[str, object]:
-        return {"error": self.message}
-
 
 class InvalidInput(ServiceError):
     """The request is malformed or a field breaks its rule; ``field`` names it."""
@@ -24,9 +22,6 @@ class InvalidInput(ServiceError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
-
-    def body(self) -> dict[str, object]:
-        return {"error": self.message, "field": self.field}
 
 
 class UnsupportedMediaType(InvalidInput):
@@ -56,9 +51,6 @@ class NotEnoughCredits(ServiceError):
         super().__init__(message)
         self.balance = balance
         self.cost = cost
-
-    def body(self) -> dict[str, object]:
-        return {"error": self.message, "balance": self.balance, "cost": self.cost}
 
 
 class RateLimited(ServiceError):
@@ -107,6 +99,3 @@ class JobFailed(ServiceError):
     def __init__(self, message: str, job_id: str) -> None:
         super().__init__(message)
         self.job_id = job_id
-
-    def body(self) -> dict[str, object]:
-        return {"error": self.message, "job_id": self.job_id}

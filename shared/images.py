@@ -75,13 +75,6 @@ _OTHER_FORMATS: tuple[tuple[bytes, int, str], ...] = (
 )
 
 
-def decode_image_field(value: str, settings: Settings, fetcher: ImageFetcher | None = None) -> bytes:
-    """Turn the ``image`` field into image bytes that pass every check (see the module)."""
-    data = read_image_field(value, settings, fetcher)
-    check_image_bytes(data, settings)
-    return data
-
-
 def read_image_field(value: str, settings: Settings, fetcher: ImageFetcher | None = None) -> bytes:
     """Turn the ``image`` field (base64, data URI or http(s) URL) into image bytes checked up
     to their header: size, format and pixel count, without decoding a pixel. The full decode

@@ -111,12 +111,6 @@ class Storage:
         except BotoCoreError as exc:
             raise Unavailable(f"storage: cannot read {key}") from exc
 
-    def presigned_url(self, key: str, expires_seconds: int) -> str:
-        url: str = self._client.generate_presigned_url(
-            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_seconds
-        )
-        return url
-
     def ping(self) -> bool:
         try:
             self._client.head_bucket(Bucket=self.bucket)

@@ -10,6 +10,8 @@ from typing import Any, cast
 import redis
 from PIL import Image
 
+from shared.fetch import ImageFetcher
+from shared.images import check_image_bytes, read_image_field
 from shared.jobs import Job
 from shared.schema import REFERENCE_REQUEST, GenerationParams
 from shared.settings import Settings
@@ -37,6 +39,15 @@ def reference_body(**changes: Any) -> dict[str, Any]:
     body: dict[str, Any] = {"image": b64(sample_image()), **REFERENCE}
     body.update(changes)
     return body
+
+
+def decode_image_field(value: str, settings: Settings, fetcher: ImageFetcher | None = None) -> bytes:
+    """Every check the gateway runs on an ``image`` field, in one call: the header checks
+    before it accepts a job (:func:`read_image_field`), then the full decode it runs once the
+    job is queued (:func:`check_image_bytes`)."""
+    data = read_image_field(value, settings, fetcher)
+    check_image_bytes(data, settings)
+    return data
 
 
 def jpeg_pixels(data: bytes) -> Image.Image:

@@ -163,6 +163,6 @@ def test_expired_job_is_404(short_lived: Flask) -> None:
 
 
 def test_outputs_expire_with_their_jobs(app: Flask) -> None:
-    from api.app import service_of
+    from api.context import service_of
 
     assert service_of(app).storage.expiry_days() == 1

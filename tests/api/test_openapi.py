@@ -9,8 +9,9 @@ import pytest
 from flask import Flask
 from openapi_spec_validator import validate
 
-from api.app import service_of
-from api.openapi import COMMITTED, ROUTES, build_document, document_json, main
+from api.context import service_of
+from api.openapi import COMMITTED, build_document, document_json, main
+from api.routetable import ROUTES
 from shared.schema import fields
 from shared.settings import Settings
 
@@ -52,7 +53,7 @@ def test_every_route_is_in_the_table_and_nothing_else(gateway_app: Flask) -> Non
     documented = {(operation.method, operation.path) for operation in ROUTES}
     assert len(documented) == len(ROUTES), "an operation is listed twice"
     served = flask_operations(gateway_app)
-    assert served - documented == set(), "routes missing from api/openapi.py ROUTES"
+    assert served - documented == set(), "routes missing from api/routetable.py ROUTES"
     assert documented - served == set(), "ROUTES names operations the gateway does not serve"
 
 

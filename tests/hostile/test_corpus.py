@@ -11,9 +11,9 @@ from flask.testing import FlaskClient
 from PIL import Image
 
 from shared.errors import InvalidInput
-from shared.images import check_image_bytes, decode_image_field, open_image, prepare_image
+from shared.images import check_image_bytes, open_image, prepare_image
 from shared.settings import Settings
-from tests.helpers import REFERENCE, b64, jpeg_pixels, sample_image
+from tests.helpers import REFERENCE, b64, decode_image_field, jpeg_pixels, sample_image
 from tests.hostile.corpus import ACCEPTED, Case, accepted_samples, cases, png_declaring
 from tests.hostile.guard import outbound_guard
 

@@ -8,7 +8,6 @@ from PIL import Image
 from shared.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from shared.images import (
     check_image_bytes,
-    decode_image_field,
     normalize_image,
     open_image,
     prepare_image,
@@ -16,7 +15,7 @@ from shared.images import (
     sniff_format,
 )
 from shared.settings import Settings
-from tests.helpers import b64, sample_image
+from tests.helpers import b64, decode_image_field, sample_image
 
 SETTINGS = Settings()
 

@@ -1,0 +1,339 @@
+"""What the gateway serves, once: every operation with its parameters and every answer it gives.
+
+A test fails when a Flask route is missing from :data:`ROUTES` (or the table names one that
+does not exist). Answers name their bodies by typed view (:mod:`api.views`,
+:class:`shared.jobview.JobView`), so the document states what the code sends;
+:mod:`api.openapi` turns the table into the OpenAPI document.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from api.views import ErrorBody, Health, Img2ImgResult, Readiness, V2Result, V2Status, V2Submitted
+from shared.jobview import JobView
+from shared.schema import REFERENCE_REQUEST
+from shared.views import Schema, View, ref
+
+# An 8x8 PNG, so that the examples in the document are requests the gateway accepts.
+EXAMPLE_IMAGE = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAIAAABLbSncAAAAFUlEQVR42mPUqDjBgA0wMeAAg1MCABznAXiY7kjRAAAAAElFTkSuQmCC"
+)
+EXAMPLE_REQUEST: dict[str, Any] = {"image": EXAMPLE_IMAGE, **REFERENCE_REQUEST}
+API_KEY = "ApiKey"
+
+# A body: a plain schema, a view, or any of several views.
+Body = Schema | type[View] | tuple[type[View], ...]
+
+
+@dataclass(frozen=True)
+class Param:
+    """A path, query or header parameter."""
+
+    name: str
+    location: str  # "path", "query" or "header"
+    schema: Schema
+    description: str
+    required: bool = False
+
+    def to_openapi(self) -> Schema:
+        return {
+            "name": self.name,
+            "in": self.location,
+            "required": self.required or self.location == "path",
+            "description": self.description,
+            "schema": self.schema,
+        }
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One documented answer: status, media types (each with a schema) and response headers."""
+
+    status: int
+    description: str
+    content: tuple[tuple[str, Body], ...] = ()  # (media type, body)
+    headers: tuple[str, ...] = ()  # names of entries in HEADERS
+
+    def to_openapi(self) -> Schema:
+        reply: Schema = {"description": self.description}
+        if self.headers:
+            reply["headers"] = {name: {"$ref": f"#/components/headers/{name}"} for name in self.headers}
+        if self.content:
+            reply["content"] = {media: {"schema": _body_schema(body)} for media, body in self.content}
+        return reply
+
+    def views(self) -> Iterator[type[View]]:
+        """The views of this answer's bodies."""
+        for _, body in self.content:
+            if isinstance(body, tuple):
+                yield from body
+            elif isinstance(body, type):
+                yield body
+
+
+def _body_schema(body: Body) -> Schema:
+    if isinstance(body, tuple):
+        return {"anyOf": [ref(view.schema_name()) for view in body]}
+    if isinstance(body, type):
+        return ref(body.schema_name())
+    return body
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One method on one path: what it takes and every answer it can give."""
+
+    method: str
+    path: str  # OpenAPI template: /v1/jobs/{job_id}
+    operation_id: str
+    summary: str
+    tag: str
+    replies: tuple[Reply, ...]
+    parameters: tuple[Param, ...] = ()
+    body: str | None = None  # a schema in components, sent as application/json
+    secured: bool = False  # needs an API key (x-api-key) when AUTH_ENABLED
+    description: str = ""
+
+    def to_openapi(self, auth: bool = True) -> Schema:
+        """This operation's OpenAPI object; ``auth``: whether keys are required (``AUTH_ENABLED``)."""
+        operation: Schema = {"operationId": self.operation_id, "summary": self.summary, "tags": [self.tag]}
+        if self.description:
+            operation["description"] = self.description
+        if self.secured and auth:
+            operation["security"] = [{API_KEY: []}]
+        if self.parameters:
+            operation["parameters"] = [param.to_openapi() for param in self.parameters]
+        if self.body is not None:
+            operation["requestBody"] = {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": ref(self.body), "example": EXAMPLE_REQUEST},
+                },
+            }
+        replies = sorted(self.replies, key=lambda reply: reply.status)
+        operation["responses"] = {str(reply.status): reply.to_openapi() for reply in replies}
+        return operation
+
+
+def json_reply(
+    status: int, description: str, body: type[View] | tuple[type[View], ...], headers: tuple[str, ...] = ()
+) -> Reply:
+    return Reply(status, description, (("application/json", body),), headers)
+
+
+def error(status: int, description: str, headers: tuple[str, ...] = ()) -> Reply:
+    return json_reply(status, description, ErrorBody, headers)
+
+
+JOB_HEADERS = ("x-job-id", "x-request-id", "Location")
+BAD_INPUT = error(
+    400, "Bad input: the body is not a JSON object, or a field (named in `field`) breaks its rule."
+)
+NOT_FOUND = error(404, "No such path, job or image.")
+WRONG_METHOD = error(405, "The path exists but not with this method.", ("Allow",))
+TOO_LARGE = error(
+    413, "The body (`MAX_CONTENT_LENGTH`), the image bytes or its pixel count is over its limit."
+)
+UNSUPPORTED = error(415, "The image is not JPEG, PNG or WebP (the message lists them).")
+UNPROCESSABLE = error(
+    422,
+    "The image URL could not be fetched (unreachable, timed out, an HTTP error from the image server), "
+    "or an `Idempotency-Key` was reused with a different body.",
+)
+SERVER_FAULT = error(500, "Generation failed (`job_id` names the job) or an unexpected server fault.")
+UNAVAILABLE = error(
+    503, "Redis, S3 or the queue is unavailable; try again after `Retry-After`.", ("Retry-After",)
+)
+UNAUTHORIZED = error(401, "Missing, unknown or revoked API key (`x-api-key`).")
+RATE_LIMITED = error(
+    429, "The key's requests per minute are used up; retry after `Retry-After`.", ("Retry-After",)
+)
+NO_CREDITS = error(406, "The key's balance does not cover the job (`balance`, `cost`).")
+
+# Answers every operation can give, and every operation that needs a key.
+COMMON = (NOT_FOUND, WRONG_METHOD, SERVER_FAULT)
+KEYED = (UNAUTHORIZED, RATE_LIMITED, *COMMON)
+SUBMIT_ERRORS = (BAD_INPUT, NO_CREDITS, TOO_LARGE, UNSUPPORTED, UNPROCESSABLE, UNAVAILABLE, *KEYED)
+
+JOB_ID = Param("job_id", "path", {"type": "string", "minLength": 1}, "Job id (`x-job-id` of the submission).")
+REQUEST_ID = Param(
+    "request_id", "path", {"type": "string", "minLength": 1}, "Request id from the v2 submission."
+)
+IMAGE_INDEX = Param("index", "path", {"type": "integer", "minimum": 0}, "Output index, 0 to samples - 1.")
+PREFER = Param(
+    "Prefer",
+    "header",
+    {"type": "string"},
+    "RFC 7240: `respond-async` answers 202 at once; `wait=N` waits at most N seconds (capped by "
+    "`SYNC_WAIT_SECONDS`), then answers 202. Other preferences are ignored.",
+)
+IDEMPOTENCY_KEY = Param(
+    "Idempotency-Key",
+    "header",
+    {"type": "string", "minLength": 1, "maxLength": 255},
+    "The same key with the same body returns the job accepted first; with another body, 422.",
+)
+
+ROUTES: tuple[Operation, ...] = (
+    Operation(
+        "POST",
+        "/v1/sd1.5-img2img",
+        "img2img",
+        "Transform an image (Segmind-compatible); waits for the result",
+        "img2img",
+        (
+            Reply(
+                200,
+                "The result: raw JPEG when `base64` is false, else JSON with base64 JPEGs.",
+                (
+                    ("image/jpeg", {"type": "string", "contentMediaType": "image/jpeg"}),
+                    ("application/json", Img2ImgResult),
+                ),
+                (*JOB_HEADERS, "x-seed-value", "x-generation-time", "x-cost", "x-remaining-credits"),
+            ),
+            json_reply(
+                202, "Accepted, not finished within the wait budget: poll `Location`.", JobView, JOB_HEADERS
+            ),
+            *SUBMIT_ERRORS,
+        ),
+        parameters=(PREFER, IDEMPOTENCY_KEY),
+        body="Img2ImgRequest",
+        secured=True,
+    ),
+    Operation(
+        "GET",
+        "/v1/jobs/{job_id}",
+        "getJob",
+        "A job's status, progress, parameters, seeds and outputs",
+        "jobs",
+        (json_reply(200, "The job.", JobView, JOB_HEADERS), UNAVAILABLE, *KEYED),
+        parameters=(JOB_ID,),
+        secured=True,
+    ),
+    Operation(
+        "POST",
+        "/v1/jobs/{job_id}/cancel",
+        "cancelJob",
+        "Cancel a job: a queued job never runs, a running one stops at its next step",
+        "jobs",
+        (
+            json_reply(200, "Canceled.", JobView, JOB_HEADERS),
+            json_reply(202, "Running: it stops at its next step.", JobView, JOB_HEADERS),
+            error(409, "The job has already ended."),
+            UNAVAILABLE,
+            *KEYED,
+        ),
+        parameters=(JOB_ID,),
+        secured=True,
+    ),
+    Operation(
+        "GET",
+        "/v1/jobs/{job_id}/images/{index}",
+        "getJobImage",
+        "One output image of a job",
+        "jobs",
+        (
+            Reply(
+                200,
+                "The JPEG.",
+                (("image/jpeg", {"type": "string", "contentMediaType": "image/jpeg"}),),
+                JOB_HEADERS,
+            ),
+            UNAVAILABLE,
+            *KEYED,
+        ),
+        parameters=(JOB_ID, IMAGE_INDEX),
+        secured=True,
+    ),
+    Operation(
+        "POST",
+        "/v2/sd1.5-img2img",
+        "v2Submit",
+        "Queue a transformation (Segmind's v2 protocol); answers at once",
+        "v2",
+        (json_reply(200, "Queued.", V2Submitted), *SUBMIT_ERRORS),
+        parameters=(IDEMPOTENCY_KEY,),
+        body="Img2ImgRequest",
+        secured=True,
+    ),
+    Operation(
+        "GET",
+        "/v2/requests/{request_id}/status",
+        "v2Status",
+        "Status of a v2 request",
+        "v2",
+        (
+            json_reply(200, "QUEUED, PROCESSING or COMPLETED.", V2Status),
+            json_reply(422, "FAILED (canceled jobs too), with `error`.", V2Status),
+            UNAVAILABLE,
+            *KEYED,
+        ),
+        parameters=(REQUEST_ID,),
+        secured=True,
+    ),
+    Operation(
+        "GET",
+        "/v2/requests/{request_id}",
+        "v2Result",
+        "Result of a v2 request",
+        "v2",
+        (
+            json_reply(200, "The result once COMPLETED; the status body before.", (V2Result, V2Status)),
+            json_reply(422, "FAILED (canceled jobs too), with `error`.", V2Status),
+            UNAVAILABLE,
+            *KEYED,
+        ),
+        parameters=(REQUEST_ID,),
+        secured=True,
+    ),
+    Operation(
+        "GET",
+        "/healthz",
+        "healthz",
+        "The gateway is alive",
+        "operations",
+        (json_reply(200, "Alive.", Health), *COMMON),
+    ),
+    Operation(
+        "GET",
+        "/readyz",
+        "readyz",
+        "Redis and S3 reachable and at least one worker has loaded its model",
+        "operations",
+        (json_reply(200, "Ready.", Readiness), json_reply(503, "Not ready.", Readiness), *COMMON),
+    ),
+    Operation(
+        "GET",
+        "/metrics",
+        "metrics",
+        "Prometheus metrics",
+        "operations",
+        (Reply(200, "Prometheus text format.", (("text/plain", {"type": "string"}),)), *COMMON),
+    ),
+    Operation(
+        "GET",
+        "/openapi.json",
+        "openapi",
+        "This document",
+        "operations",
+        (Reply(200, "The OpenAPI document.", (("application/json", {"type": "object"}),)), *COMMON),
+    ),
+)
+
+HEADERS: dict[str, Schema] = {
+    "x-job-id": {"description": "The job's id.", "schema": {"type": "string"}},
+    "x-request-id": {"description": "Same as `x-job-id`.", "schema": {"type": "string"}},
+    "Location": {"description": "The job: `/v1/jobs/{job_id}`.", "schema": {"type": "string"}},
+    "x-seed-value": {"description": "Seed of the first image.", "schema": {"type": "string"}},
+    "x-generation-time": {"description": "Seconds spent in the pipeline.", "schema": {"type": "string"}},
+    "Retry-After": {"description": "Seconds to wait before trying again.", "schema": {"type": "string"}},
+    "Allow": {"description": "Methods the path serves.", "schema": {"type": "string"}},
+    "x-cost": {"description": "Credits the job cost (with keys on).", "schema": {"type": "string"}},
+    "x-remaining-credits": {
+        "description": "The key's balance after this request.",
+        "schema": {"type": "string"},
+    },
+}
