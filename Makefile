@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint bench bench-soak bench-batching bench-gpu bench-sd15-cpu gpu-kit model clean openapi workers deploy-check
+.PHONY: setup run test test-unit lint bench bench-soak bench-batching bench-gpu bench-sd15-cpu gpu-kit model clean openapi workers deploy-check
 
 setup: $(STAMP)
 
@@ -22,6 +22,10 @@ run: setup
 
 test: setup
 	$(PY) -m pytest
+
+# The unit tier: no process started, no model loaded (under a minute).
+test-unit: setup
+	$(PY) -m pytest -m "not integration"
 
 lint: setup
 	$(PY) -m ruff check .

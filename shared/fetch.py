@@ -1,4 +1,6 @@
 """Fetching an input image by URL without letting the URL reach the operator's own network.
+This module is long because it is one security boundary, read as a whole: the URL rules,
+the address checks and the connection pinned to the address that was checked.
 
 The rules, applied to the URL the client sent and again to every redirect hop:
 

@@ -16,6 +16,19 @@ from shared.settings import Settings
 from shared.store import JobStore
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Fixtures that start real processes (Redis, S3, workers, gateways) or write the model: a test
+# that uses one, directly or through another fixture, is an integration test. The others form
+# the unit tier (``make test-unit``).
+INTEGRATION_FIXTURES = frozenset({"redis_server", "s3_server", "tiny_model"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
+
 TINY_MODEL = ROOT / "var" / "models" / "tiny"
 TORCH_THREADS = 2
 
@@ -57,6 +70,7 @@ def base_settings(redis_server: RedisServer, s3_server: S3Server, tiny_model: Pa
         sync_wait_seconds=60,
         worker_heartbeat_seconds=1.0,
         auth_enabled=False,
+        warmup="off",  # a test worker is ready as soon as its model is loaded
     )
 
 

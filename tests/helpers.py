@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -86,3 +87,19 @@ def input_copy(settings: Settings, job_id: str) -> bytes | None:
     """The Redis copy of a job's input, while it is kept."""
     data = raw_redis(settings, binary=True).get(RedisKeys(settings.key_prefix).input(job_id))
     return cast(bytes | None, data)
+
+
+def no_message_left(settings: Settings, job_id: str, queue: str | None = None, timeout: float = 30.0) -> None:
+    """Wait until no message for ``job_id`` is waiting in ``queue`` (the job queue by default)
+    or held by a worker unacknowledged: from then on no late delivery of it can come."""
+    from shared.celery_app import RUN_JOB_TASK
+    from shared.webhooks import WEBHOOK_TASK
+
+    queue = queue or settings.queue_name
+    task = WEBHOOK_TASK if queue == settings.webhook_queue else RUN_JOB_TASK
+    broker = JobStore(settings).broker
+    deadline = time.monotonic() + timeout
+    while job_id in broker.in_flight(queue, task):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"a message for job {job_id} is still in {queue}")
+        time.sleep(0.05)

@@ -43,7 +43,7 @@ from shared.store import ClaimOutcome, JobStore
 from worker.batching import Member, collect_partners
 from worker.metrics import WorkerMetrics
 from worker.progress import Batch, ProgressWriter, StopRun
-from worker.runner import BatchFailed, BatchItem, Call, Runner, job_items
+from worker.runs import BatchFailed, BatchItem, Call, Runner, job_items
 
 log = logging.getLogger(__name__)
 

@@ -15,16 +15,14 @@ waiting (a time limit) abandons its job, which then stops at its next step.
 from __future__ import annotations
 
 import gc
-import importlib
 import logging
 import math
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import torch
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import (
@@ -36,6 +34,7 @@ from shared.schema import MAX_SAMPLES, GenerationParams
 from shared.settings import Settings
 from worker import fastpath
 from worker.fastpath import FastPath
+from worker.runs import BatchFailed, BatchItem, BatchOutput, Call, RunAbandoned, StepCallback, job_items
 from worker.schedulers import Schedulers
 
 log = logging.getLogger(__name__)
@@ -44,71 +43,7 @@ log = logging.getLogger(__name__)
 # exactly how one job's samples share one batch; the duplication it warns about is intended.
 warnings.filterwarnings("ignore", message=r"You have passed \d+ text prompts", category=FutureWarning)
 
-StepCallback = Callable[[int, int], None]
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class BatchItem:
-    """One image of a pipeline call: its job's prompts and init image, and its own seed.
-
-    Consecutive items with the same ``job`` are decoded together, as the job alone would be.
-    """
-
-    prompt: str
-    negative_prompt: str | None
-    image: Image.Image
-    seed: int
-    job: str = ""
-
-
-def job_items(
-    params: GenerationParams, image: Image.Image, seeds: Iterable[int], job: str = ""
-) -> list[BatchItem]:
-    """The items of one job: its prompt and image once per sample, seed + i for sample i."""
-    return [BatchItem(params.prompt, params.negative_prompt, image, seed, job) for seed in seeds]
-
-
-@dataclass(frozen=True)
-class Call:
-    """A pipeline call that ran: its images and the jobs they belong to."""
-
-    images: int
-    jobs: int
-
-
-@dataclass(frozen=True)
-class BatchOutput:
-    """The images of a batch, one per item, and the pipeline calls that made them: one,
-    unless the batch was cut to warmed sizes or split after running out of memory."""
-
-    images: list[Image.Image]
-    calls: list[Call]
-
-
-class BatchFailed(Exception):
-    """A batch that failed after some of its calls ran (``calls``); the failure is ``__cause__``.
-    A batch that fails before any call finished raises the failure itself."""
-
-    def __init__(self, cause: BaseException, calls: Sequence[Call]) -> None:
-        super().__init__(str(cause))
-        self.calls = list(calls)
-
-
-class Runner(Protocol):
-    def load(self) -> None: ...
-
-    def run_batch(
-        self, params: GenerationParams, items: Sequence[BatchItem], on_step: StepCallback
-    ) -> BatchOutput:
-        """Pipeline calls with the shape of ``params`` (size, steps, strength, scheduler,
-        guidance); prompts, images and seeds come from ``items``, one output per item.
-        Raises :class:`BatchFailed` when a call fails after others ran."""
-        ...
-
-
-class RunAbandoned(RuntimeError):
-    """Stops a job whose caller no longer waits for it."""
 
 
 def resolve_device(setting: str) -> torch.device:
@@ -396,12 +331,3 @@ def check_dtype(pipe: StableDiffusionImg2ImgPipeline, dtype: torch.dtype) -> Non
         found = {p.dtype for p in module.parameters()}
         if found != {dtype}:
             raise RuntimeError(f"the {name} loaded as {sorted(map(str, found))}, not {dtype}")
-
-
-def load_runner_class(path: str) -> Callable[[Settings], Runner]:
-    """Import ``module:Class`` named by the ``RUNNER`` setting."""
-    module_name, _, attr = path.partition(":")
-    if not module_name or not attr:
-        raise ValueError(f"RUNNER must look like module:Class, got {path!r}")
-    factory: Callable[[Settings], Runner] = getattr(importlib.import_module(module_name), attr)
-    return factory

@@ -24,7 +24,7 @@ from shared.webhooks import enqueue_webhook
 from worker.executor import JobExecutor
 from worker.lifecycle import LoadState
 from worker.metrics import WorkerMetrics
-from worker.runner import load_runner_class
+from worker.runs import load_runner_class
 from worker.sweeper import Sweeper
 
 log = logging.getLogger(__name__)

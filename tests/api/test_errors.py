@@ -6,9 +6,16 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from tests.fakes import offline_app
 from tests.helpers import b64, jpeg_pixels, reference_body
 
 URL = "/v1/sd1.5-img2img"
+
+
+@pytest.fixture(scope="module")
+def offline() -> FlaskClient:
+    """The gateway alone: these requests are refused before any job is recorded."""
+    return offline_app().test_client()
 
 
 def assert_field_error(reply, field: str, status: int = 400) -> str:  # type: ignore[no-untyped-def]
@@ -30,15 +37,15 @@ def assert_field_error(reply, field: str, status: int = 400) -> str:  # type: ig
         ("ftp://example.com/cat.png", 400),
     ],
 )
-def test_bad_image_field(client: FlaskClient, image: str, status: int) -> None:
-    assert_field_error(client.post(URL, json=reference_body(image=image)), "image", status)
+def test_bad_image_field(offline: FlaskClient, image: str, status: int) -> None:
+    assert_field_error(offline.post(URL, json=reference_body(image=image)), "image", status)
 
 
-def test_data_uri_type_must_match_the_image(client: FlaskClient) -> None:
+def test_data_uri_type_must_match_the_image(offline: FlaskClient) -> None:
     from tests.helpers import sample_image
 
     uri = "data:image/jpeg;base64," + b64(sample_image(fmt="PNG"))
-    message = assert_field_error(client.post(URL, json=reference_body(image=uri)), "image")
+    message = assert_field_error(offline.post(URL, json=reference_body(image=uri)), "image")
     assert "JPEG" in message and "PNG" in message
 
 
@@ -49,10 +56,10 @@ def test_truncated_image(client: FlaskClient) -> None:
     assert_field_error(client.post(URL, json=reference_body(image=b64(data[: len(data) // 2]))), "image")
 
 
-def test_missing_prompt(client: FlaskClient) -> None:
+def test_missing_prompt(offline: FlaskClient) -> None:
     body = reference_body()
     del body["prompt"]
-    assert "required" in assert_field_error(client.post(URL, json=body), "prompt")
+    assert "required" in assert_field_error(offline.post(URL, json=body), "prompt")
 
 
 @pytest.mark.parametrize(
@@ -68,19 +75,20 @@ def test_missing_prompt(client: FlaskClient) -> None:
         ("scheduler", {"name": "DDIM"}),
     ],
 )
-def test_wrong_json_type(client: FlaskClient, field: str, value: object) -> None:
-    assert "must be" in assert_field_error(client.post(URL, json=reference_body(**{field: value})), field)
+def test_wrong_json_type(offline: FlaskClient, field: str, value: object) -> None:
+    assert "must be" in assert_field_error(offline.post(URL, json=reference_body(**{field: value})), field)
 
 
-def test_unknown_scheduler_names_the_allowed_values(client: FlaskClient) -> None:
-    message = assert_field_error(client.post(URL, json=reference_body(scheduler="Karras Magic")), "scheduler")
+def test_unknown_scheduler_names_the_allowed_values(offline: FlaskClient) -> None:
+    reply = offline.post(URL, json=reference_body(scheduler="Karras Magic"))
+    message = assert_field_error(reply, "scheduler")
     for name in ("DDIM", "DPM Multi", "Euler a", "UniPC"):
         assert name in message
 
 
 @pytest.mark.parametrize("raw", [b"{not json", b"[1, 2]", b'"text"', b""])
-def test_body_that_is_not_a_json_object(client: FlaskClient, raw: bytes) -> None:
-    reply = client.post(URL, data=raw, content_type="application/json")
+def test_body_that_is_not_a_json_object(offline: FlaskClient, raw: bytes) -> None:
+    reply = offline.post(URL, data=raw, content_type="application/json")
     assert_field_error(reply, "body")
 
 

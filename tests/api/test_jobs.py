@@ -11,7 +11,7 @@ from flask.testing import FlaskClient
 
 from shared.settings import Settings
 from shared.store import JobStore
-from tests.helpers import jpeg_pixels, reference_body
+from tests.helpers import jpeg_pixels, no_message_left, reference_body
 
 URL = "/v1/sd1.5-img2img"
 ASYNC = {"Prefer": "respond-async"}
@@ -87,7 +87,7 @@ def test_cancel_while_queued_never_runs(client: FlaskClient, settings: Settings)
     assert reply.status_code == 200
     assert reply.get_json()["status"] == "canceled"
     poll(client, running, finished)
-    time.sleep(0.5)  # the worker has taken the canceled job's message by now
+    no_message_left(settings, queued)  # the worker has taken (and dropped) its message
     job = JobStore(settings).jobs.get(queued)
     assert job is not None
     assert job.status.value == "canceled"
@@ -155,7 +155,9 @@ def test_expired_job_is_404(short_lived: Flask) -> None:
     client = short_lived.test_client()
     job_id = submit(client)
     assert client.get(f"/v1/jobs/{job_id}").status_code == 200
-    time.sleep(1.5)
+    deadline = time.monotonic() + 10
+    while client.get(f"/v1/jobs/{job_id}").status_code == 200 and time.monotonic() < deadline:
+        time.sleep(0.1)  # its record lives one second (JOB_TTL_SECONDS)
     gone = client.get(f"/v1/jobs/{job_id}")
     assert gone.status_code == 404
     assert gone.get_json()["error"] == f"no job {job_id}"

@@ -17,7 +17,7 @@ from deploy.local import NotifierProcess, WorkerProcess
 from shared.settings import Settings
 from shared.store import JobStore
 from shared.webhooks import verify
-from tests.helpers import reference_body
+from tests.helpers import no_message_left, reference_body
 
 SECRET = "test-webhook-secret"
 URL = "/v1/sd1.5-img2img"
@@ -93,7 +93,8 @@ def test_one_signed_post_per_job(hooked: tuple[Flask, Settings], receiver: Recei
     assert reply.status_code == 200
     job_id = reply.headers["x-job-id"]
     receiver.wait_calls(1)
-    time.sleep(1.0)  # no second delivery arrives
+    no_message_left(settings, job_id, settings.webhook_queue)  # so no second delivery can come
+    assert JobStore(settings).webhooks.get(job_id) == "delivered"
     assert len(receiver.calls) == 1
     status, headers, body = receiver.calls[0]
     assert status == 200
@@ -115,7 +116,7 @@ def test_failing_receiver_gets_the_body_on_the_third_try(
     reply = app.test_client().post(URL, json=reference_body(webhook=hook))
     assert reply.status_code == 200
     receiver.wait_calls(3)
-    time.sleep(1.0)
+    no_message_left(settings, reply.headers["x-job-id"], settings.webhook_queue)
     assert [status for status, _, _ in receiver.calls] == [500, 500, 200]
     bodies = {json.loads(body)["id"] for _, _, body in receiver.calls}
     assert bodies == {reply.headers["x-job-id"]}

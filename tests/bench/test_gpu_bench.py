@@ -27,6 +27,9 @@ from shared.schema import SCHEDULERS
 from tests.conftest import ROOT
 from tests.worker.test_fastpath import MAX_PIXEL_DIFF
 
+# The kit is built from the package index, and the check runs the farm's processes.
+pytestmark = pytest.mark.integration
+
 EAGER = ["baseline (SDPA)", "+ channels_last", "+ fused QKV", "+ host timesteps"]
 # What bench/gpu_check.sh runs besides Python and the kit's redis-server.
 TOOLS = ("bash", "cat", "cut", "date", "dirname", "du", "grep", "mkdir", "sed", "tee")
@@ -159,12 +162,13 @@ def test_a_stage_that_does_not_fit_the_budget_is_skipped_and_reported(
 ) -> None:
     out = tmp_path / "gpu.json"
     done = subprocess.run(
-        [sys.executable, "bench/gpu.py", "--smoke", "--model", str(tiny_model), "--stages", "plain,compiled",
+        [sys.executable, "bench/gpu.py", "--smoke", "--model", str(tiny_model), "--stages", "compiled",
          "--budget-seconds", "100", "--json", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
-    assert [row["name"] for row in report["rows"]] == ["plain diffusers", "plain diffusers x4"]
+    assert report["rows"] == []
     assert [skip["stage"] for skip in report["skipped"]] == ["compiled default"]  # about 120 s needed
+    assert report["skipped"][0]["left_s"] <= 100
     assert "skipped compiled default at 512" in done.stdout

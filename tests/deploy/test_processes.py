@@ -213,13 +213,15 @@ def test_every_entry_in_the_deployment_files_builds_the_expected_command() -> No
 
 
 def project_files_imported(code: str) -> set[str]:
-    """Files of this repository that ``python -c CODE`` imports, relative to the root."""
+    """Files of this repository that ``python -c CODE`` imports, relative to the root (a
+    virtual environment inside the checkout holds installed packages, not the project's)."""
     report = (
         "; import sys, json, pathlib; root = pathlib.Path.cwd().resolve(); files = []\n"
         "for m in list(sys.modules.values()):\n"
         "    f = getattr(m, '__file__', None)\n"
-        "    if f and pathlib.Path(f).resolve().is_relative_to(root):\n"
-        "        files.append(str(pathlib.Path(f).resolve().relative_to(root)))\n"
+        "    p = pathlib.Path(f).resolve() if f else None\n"
+        "    if p and p.is_relative_to(root) and 'site-packages' not in p.parts:\n"
+        "        files.append(str(p.relative_to(root)))\n"
         "print(json.dumps(files))"
     )
     result = subprocess.run(

@@ -19,6 +19,8 @@ from shared.store import JobStore
 from tests.helpers import reference_body, sample_image
 
 LONG = {"num_inference_steps": 100, "strength": 1.0}
+# A long job at a quarter of the pixels: mid-denoising for seconds, quick to run again.
+LONG_SMALL = {**LONG, "img_width": 256, "img_height": 256}
 
 
 @pytest.fixture()
@@ -32,6 +34,7 @@ def fault_settings(base_settings: Settings) -> Settings:
         sweep_interval_seconds=1.0,
         max_job_attempts=3,
         worker_soft_shutdown_seconds=60.0,
+        allowed_sizes=(256, 512, 768),
     )
 
 

@@ -13,7 +13,7 @@ from shared.jobs import JobStatus
 from shared.pricing import job_cost_milli
 from shared.settings import Settings
 from tests.conftest import start_worker
-from tests.reliability.conftest import LONG, Farm
+from tests.reliability.conftest import LONG, LONG_SMALL, Farm
 
 
 def owner_of(job_worker: str, workers: list[WorkerProcess]) -> WorkerProcess:
@@ -29,7 +29,7 @@ def test_kill_9_mid_denoising_five_times(farm: Farm, fault_settings: Settings, t
     jobs = []
     try:
         for round_ in range(5):
-            job = farm.submit(seed=round_, **LONG)
+            job = farm.submit(seed=round_, **LONG_SMALL)
             running = farm.wait(job.id, lambda j: j.status is JobStatus.RUNNING and j.progress_step >= 3)
             victim = owner_of(running.worker or "", workers)
             victim.signal(signal.SIGKILL)
@@ -87,10 +87,13 @@ def test_task_that_always_kills_its_worker_fails_after_bounded_retries(
         worker.stop()
 
 
-@pytest.fixture()
-def oom_farm(fault_settings: Settings, tmp_path: Path):  # type: ignore[no-untyped-def]
-    settings = fault_settings.replace(runner="tests.fixtures.runners:OutOfMemoryRunner")
-    worker = start_worker(settings, tmp_path, "oom")
+@pytest.fixture(scope="module")
+def oom_farm(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """One worker whose GPU is too small for some batches, shared by the tests below."""
+    settings = base_settings.replace(
+        queue_name="img2img-oom", key_prefix="t-oom", runner="tests.fixtures.runners:OutOfMemoryRunner"
+    )
+    worker = start_worker(settings, tmp_path_factory.mktemp("oom"), "oom")
     yield Farm(settings)
     worker.stop()
 

@@ -18,7 +18,8 @@ from shared.settings import Settings
 from tests.fixtures.graphs import STATIC_OUTPUTS
 from tests.helpers import sample_image
 from worker import fastpath
-from worker.runner import BatchItem, DiffusersRunner, job_items
+from worker.runner import DiffusersRunner
+from worker.runs import BatchItem, job_items
 
 SIZE = 128
 BATCH_MAX_IMAGES = 5  # above one job's 4 samples: batches that only batching builds

@@ -18,7 +18,8 @@ from shared.schema import REFERENCE_REQUEST, GenerationParams
 from shared.settings import Settings
 from tests.fixtures.runners import OutOfMemoryRunner
 from tests.helpers import sample_image
-from worker.runner import BatchFailed, BatchItem, DiffusersRunner, job_items
+from worker.runner import DiffusersRunner
+from worker.runs import BatchFailed, BatchItem, job_items
 
 SIZE = 128
 
