@@ -27,7 +27,6 @@ import redis
 LUA = Path(__file__).with_name("lua")
 
 _HEADER = re.compile(r"^--\s*(keys|args|include):(.*)$")
-Value = str | bytes | int | float
 
 
 @dataclass(frozen=True)
@@ -84,12 +83,11 @@ class Script:
 
 
 def _ordered(script: str, kind: str, names: Sequence[str], given: Mapping[str, Any]) -> list[Any]:
-    plain = [n.removesuffix("...") for n in names]
-    if set(given) != set(plain):
-        missing, unknown = set(plain) - set(given), set(given) - set(plain)
-        raise TypeError(f"script {script}: {kind} missing {sorted(missing)}, unknown {sorted(unknown)}")
-    values: list[Any] = [given[name] for name in plain[: len(plain) - (Signature.rest(names) is not None)]]
+    """``given`` in the order of ``names``, the rest-list (if any) spread at the end."""
     rest = Signature.rest(names)
-    if rest is not None:
-        values.extend(given[rest])
-    return values
+    fixed = [name for name in names if not name.endswith("...")]
+    expected = {*fixed, *([rest] if rest else [])}
+    if set(given) != expected:
+        missing, unknown = sorted(expected - set(given)), sorted(set(given) - expected)
+        raise TypeError(f"script {script}: {kind} missing {missing}, unknown {unknown}")
+    return [*(given[name] for name in fixed), *(given[rest] if rest else ())]
