@@ -76,7 +76,7 @@ fi
 export TORCHINDUCTOR_CACHE_DIR="${TORCHINDUCTOR_CACHE_DIR:-$PWD/var/inductor-cache}"
 args=(--json "$OUT/gpu.json" --budget-seconds "$(left)")
 if [ "$smoke" = 1 ]; then
-    args+=(--smoke)
+    args+=(--smoke --sizes "${SIZES:-512}")
 else
     log "writing (or reusing) the sd15 random-weight model in $MODEL"
     "$PY" -m worker.models sd15 --out "$MODEL" >> "$OUT/check.log" 2>&1 || { log "model write failed"; exit 1; }
