@@ -6,7 +6,7 @@ import logging
 
 from flask import Flask
 
-from api import ops, routes, v2
+from api import a1111, openai_images, ops, routes, v2
 from api.auth import init_auth
 from api.context import install
 from api.errors import register_error_handlers
@@ -36,6 +36,8 @@ def create_app(settings: Settings | None = None, service: JobService | None = No
     init_auth(app, settings, service.keys)
     app.register_blueprint(routes.bp)
     app.register_blueprint(v2.bp)
+    app.register_blueprint(a1111.bp)
+    app.register_blueprint(openai_images.bp)
     app.register_blueprint(ops.bp)
     init_metrics(app, service)
     return app

@@ -1,21 +1,44 @@
-"""API keys on every ``/v1`` and ``/v2`` route; per-key rate limits; the credits header.
+"""API keys on every ``/v1``, ``/v2`` and ``/sdapi`` route; per-key rate limits; the credits header.
 
-Health, readiness, metrics and the OpenAPI document are outside ``/v1`` and ``/v2`` and
-need no key. ``AUTH_ENABLED=false`` turns keys off for local development: jobs then
-belong to nobody and cost nothing.
+A key is read from ``x-api-key``, ``Authorization: Bearer <key>`` (OpenAI's SDKs and most
+HTTP API clients) or ``Authorization: Basic`` with the key as the password and any user name
+(the web UI's clients). Health, readiness, metrics and the OpenAPI document need no key.
+``AUTH_ENABLED=false`` turns keys off for local development: jobs then belong to nobody
+and cost nothing.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+
 from flask import Flask, Response, g, request
 
+from api.protocols import keyed
 from shared.errors import RateLimited, Unauthorized
 from shared.keys import ApiKey, KeyStore
 from shared.pricing import format_credits
 from shared.settings import Settings
 
 KEY_HEADER = "x-api-key"
-_PROTECTED = ("/v1/", "/v2/")
+KEY_SOURCES = f"{KEY_HEADER}, Authorization: Bearer <key> or Basic with the key as the password"
+
+
+def presented_key() -> str:
+    """The key this request presents, wherever it puts it; empty when none."""
+    if key := request.headers.get(KEY_HEADER, ""):
+        return key
+    scheme, _, credentials = request.headers.get("Authorization", "").strip().partition(" ")
+    credentials = credentials.strip()
+    if scheme.lower() == "bearer":
+        return credentials
+    if scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
+        except (binascii.Error, ValueError):
+            return ""
+        return decoded.partition(":")[2]
+    return ""
 
 
 def current_key() -> ApiKey | None:
@@ -40,12 +63,12 @@ def init_auth(app: Flask, settings: Settings, keys: KeyStore) -> None:
     @app.before_request
     def authenticate() -> None:
         g.api_key = None
-        if not settings.auth_enabled or not request.path.startswith(_PROTECTED):
+        if not settings.auth_enabled or not keyed(request.path):
             return
-        presented = request.headers.get(KEY_HEADER, "")
+        presented = presented_key()
         admission = keys.admit(presented) if presented else None
         if admission is None:
-            raise Unauthorized(f"missing, unknown or revoked API key (send it in {KEY_HEADER})")
+            raise Unauthorized(f"missing, unknown or revoked API key (send it in {KEY_SOURCES})")
         g.api_key = admission.key
         limit = admission.key.rate_limit or settings.rate_limit_per_minute
         if admission.count > limit:

@@ -26,6 +26,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from api.protocols import Protocol, protocol_of
 from api.service import JobService
 from shared.metrics import HISTOGRAMS, QUEUE_WAIT, TIME_TO_RESULT, FarmMetrics
 
@@ -140,6 +141,12 @@ class GatewayMetrics:
             ["route", "method", "code"],
             registry=own,
         )
+        self.protocols = Counter(
+            "img2img_protocol_requests",
+            "HTTP requests answered, by protocol (segmind, a1111, openai, none) and status code",
+            ["protocol", "code"],
+            registry=own,
+        )
         self.latency = Histogram(
             "img2img_http_request_duration_seconds",
             "Seconds from a request's arrival to its answer (end to end for synchronous img2img)",
@@ -154,8 +161,9 @@ class GatewayMetrics:
             self.registry = own
         self.registry.register(FarmCollector(service))
 
-    def observe(self, route: str, method: str, code: int, seconds: float | None) -> None:
+    def observe(self, route: str, method: str, code: int, seconds: float | None, protocol: Protocol) -> None:
         self.requests.labels(route, method, str(code)).inc()
+        self.protocols.labels(protocol.value, str(code)).inc()
         if seconds is not None:
             self.latency.labels(route, method).observe(seconds)
 
@@ -190,7 +198,7 @@ def _record(response: Response) -> Response:
         seconds = None if started is None else time.perf_counter() - started
         route = request.url_rule.rule if request.url_rule is not None else UNMATCHED
         metrics: GatewayMetrics = current_app.extensions[EXTENSION]
-        metrics.observe(route, request.method, response.status_code, seconds)
+        metrics.observe(route, request.method, response.status_code, seconds, protocol_of(request.path))
     except Exception:
         log.warning("metrics: could not record a request", exc_info=True)
     return response

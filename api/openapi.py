@@ -22,10 +22,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from api.routetable import API_KEY, EXAMPLE_IMAGE, HEADERS, ROUTES
+from api.a1111_fields import DEFAULT_SAMPLER, NATIVE_NAMES, SAMPLERS, SCHEDULE_TYPES
+from api.openai_images import DEFAULT_STRENGTH, EXTENSIONS, RESPONSE_FORMATS, SIZES
+from api.routetable import API_KEY, BASIC, BEARER, EXAMPLE_IMAGE, HEADERS, ROUTES
 from shared.images import MIME_TYPES
 from shared.jobview import PARAMETERS_SCHEMA
-from shared.schema import FieldSpec, GenerationParams, fields
+from shared.schema import MAX_SAMPLES, FieldSpec, GenerationParams, fields
 from shared.settings import Settings
 from shared.views import Schema, components
 
@@ -99,11 +101,76 @@ def parameters_schema(settings: Settings) -> Schema:
     }
 
 
+def a1111_request_schema(settings: Settings) -> Schema:
+    """The web UI's img2img body: the fields the farm reads, under the farm's rules."""
+    native = {spec.name: field_schema(spec) for spec in fields(settings)}
+    properties: Schema = {
+        "init_images": {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": 1,
+            "items": {"type": "string"},
+            "description": "One image: base64 or a data URI (as the native `image` field).",
+        },
+        **{NATIVE_NAMES[name]: native[name] for name in NATIVE_NAMES if name not in ("image", "samples")},
+        "sampler_name": {
+            "type": ["string", "null"],
+            "enum": [sampler.name for sampler in SAMPLERS] + [None],
+            "default": DEFAULT_SAMPLER,
+            "description": "Wins over `sampler_index`; the README maps each to the farm's scheduler.",
+        },
+        "scheduler": {"type": ["string", "null"], "enum": [*SCHEDULE_TYPES, None], "default": "automatic"},
+        "batch_size": {"type": ["integer", "null"], "minimum": 1, "default": 1},
+        "n_iter": {"type": ["integer", "null"], "minimum": 1, "default": 1},
+        "send_images": {"type": ["boolean", "null"], "default": True},
+    }
+    for name, default in (("steps", 20), ("cfg_scale", 7.0), ("denoising_strength", 0.75), ("seed", -1)):
+        properties[name] = {**properties[name], "default": default}
+    return {
+        "type": "object",
+        "description": (
+            "batch_size x n_iter images, at most 4. Fields the farm cannot honour (masks, scripts, "
+            "styles, subseeds, face restoration, tiling, resize modes but 0, ...) are a 400 naming "
+            "them unless they hold their neutral value; other fields are ignored."
+        ),
+        "required": ["init_images", "prompt"],
+        "properties": properties,
+        "additionalProperties": True,
+    }
+
+
+def openai_request_schema(settings: Settings) -> Schema:
+    """OpenAI's edits form, with the farm's extension fields."""
+    native = {spec.name: field_schema(spec) for spec in fields(settings)}
+    specs = {spec.name: spec for spec in fields(settings)}
+    extensions = {name: {**native[name], "type": specs[name].kind} for name in EXTENSIONS}
+    for schema in extensions.values():
+        if "enum" in schema:
+            schema["enum"] = [value for value in schema["enum"] if value is not None]
+    extensions["strength"] = {**extensions["strength"], "default": DEFAULT_STRENGTH}
+    return {
+        "type": "object",
+        "description": "A multipart form. Unknown fields are a 400 naming them.",
+        "required": ["image", "prompt"],
+        "properties": {
+            "image": {"type": "string", "contentMediaType": "application/octet-stream"},
+            "prompt": {**native["prompt"], "type": "string"},
+            "n": {"type": "integer", "minimum": 1, "maximum": MAX_SAMPLES, "default": 1},
+            "size": {"type": "string", "enum": ["auto", *SIZES], "default": "auto"},
+            "response_format": {"type": "string", "enum": list(RESPONSE_FORMATS), "default": "b64_json"},
+            "model": {"type": "string", "description": "Ignored."},
+            **extensions,
+        },
+    }
+
+
 def schemas(settings: Settings) -> dict[str, Schema]:
     """The request's schemas, then those of every view a documented answer carries."""
     views = (view for operation in ROUTES for reply in operation.replies for view in reply.views())
     return {
         "Img2ImgRequest": request_schema(settings),
+        "A1111Img2ImgRequest": a1111_request_schema(settings),
+        "OpenAIImageEditRequest": openai_request_schema(settings),
         PARAMETERS_SCHEMA: parameters_schema(settings),
         **components(views),
     }
@@ -112,7 +179,11 @@ def schemas(settings: Settings) -> dict[str, Schema]:
 DESCRIPTION = """\
 A self-hosted, Segmind-compatible Stable Diffusion 1.5 image-to-image service.
 
-Errors are JSON `{"error": "...", "field": "..."}`; bad input is always a 4xx, never a 5xx.
+Errors are JSON `{"error": "...", "field": "..."}` (under `/v1/images`, OpenAI's
+`{"error": {"message", "type", "param", "code"}}`); bad input is always a 4xx, never a 5xx.
+Besides its own API the gateway speaks the AUTOMATIC1111 web UI API (`/sdapi/v1`) and
+OpenAI's image edits (`/v1/images/edits`); keys go in `x-api-key`, `Authorization: Bearer`
+or HTTP Basic (the key as the password).
 An unknown path answers 404 and a known path with another method 405 (with `Allow`).
 Image URLs are fetched only from public addresses (or the operator's allow-list): a refused
 URL is 400, a fetch that fails or times out 422, an image over the byte limit 413.
@@ -129,7 +200,15 @@ def build_document(settings: Settings) -> dict[str, Any]:
         )
     components: dict[str, Any] = {"schemas": schemas(settings), "headers": HEADERS}
     if settings.auth_enabled:
-        components["securitySchemes"] = {API_KEY: {"type": "apiKey", "in": "header", "name": "x-api-key"}}
+        components["securitySchemes"] = {
+            API_KEY: {"type": "apiKey", "in": "header", "name": "x-api-key"},
+            BEARER: {"type": "http", "scheme": "bearer", "description": "The API key as the token."},
+            BASIC: {
+                "type": "http",
+                "scheme": "basic",
+                "description": "Any user name, the API key as the password.",
+            },
+        }
     return {
         "openapi": "3.1.0",
         "info": {"title": "img2img farm", "version": API_VERSION, "description": DESCRIPTION},

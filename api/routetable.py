@@ -1,5 +1,8 @@
 """What the gateway serves, once: every operation with its parameters and every answer it gives.
 
+This module is long because it is one table: every operation of every protocol the gateway speaks,
+read top to bottom like the document it becomes.
+
 A test fails when a Flask route is missing from :data:`ROUTES` (or the table names one that
 does not exist). Answers name their bodies by typed view (:mod:`api.views`,
 :class:`shared.jobview.JobView`), so the document states what the code sends;
@@ -12,7 +15,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from api.views import ErrorBody, Health, Img2ImgResult, Readiness, V2Result, V2Status, V2Submitted
+from api.a1111_fields import EMPTY_LISTS
+from api.views import (
+    A1111Img2ImgResult,
+    A1111Progress,
+    ErrorBody,
+    Health,
+    Img2ImgResult,
+    OpenAIError,
+    OpenAIImagesResponse,
+    Readiness,
+    V2Result,
+    V2Status,
+    V2Submitted,
+)
 from shared.jobview import JobView
 from shared.schema import REFERENCE_REQUEST
 from shared.views import Schema, View, ref
@@ -23,6 +39,8 @@ EXAMPLE_IMAGE = (
 )
 EXAMPLE_REQUEST: dict[str, Any] = {"image": EXAMPLE_IMAGE, **REFERENCE_REQUEST}
 API_KEY = "ApiKey"
+BEARER = "Bearer"
+BASIC = "Basic"
 
 # A body: a plain schema, a view, or any of several views.
 Body = Schema | type[View] | tuple[type[View], ...]
@@ -93,7 +111,9 @@ class Operation:
     tag: str
     replies: tuple[Reply, ...]
     parameters: tuple[Param, ...] = ()
-    body: str | None = None  # a schema in components, sent as application/json
+    body: str | None = None  # a schema in components
+    body_media: str = "application/json"
+    example: dict[str, Any] | None = None  # of the body; EXAMPLE_REQUEST for the native one
     secured: bool = False  # needs an API key (x-api-key) when AUTH_ENABLED
     description: str = ""
 
@@ -103,16 +123,15 @@ class Operation:
         if self.description:
             operation["description"] = self.description
         if self.secured and auth:
-            operation["security"] = [{API_KEY: []}]
+            operation["security"] = [{API_KEY: []}, {BEARER: []}, {BASIC: []}]
         if self.parameters:
             operation["parameters"] = [param.to_openapi() for param in self.parameters]
         if self.body is not None:
-            operation["requestBody"] = {
-                "required": True,
-                "content": {
-                    "application/json": {"schema": ref(self.body), "example": EXAMPLE_REQUEST},
-                },
-            }
+            media: Schema = {"schema": ref(self.body)}
+            example = self.example if self.example is not None else EXAMPLE_REQUEST
+            if self.body_media == "application/json":
+                media["example"] = example
+            operation["requestBody"] = {"required": True, "content": {self.body_media: media}}
         replies = sorted(self.replies, key=lambda reply: reply.status)
         operation["responses"] = {str(reply.status): reply.to_openapi() for reply in replies}
         return operation
@@ -157,6 +176,55 @@ NO_CREDITS = error(406, "The key's balance does not cover the job (`balance`, `c
 COMMON = (NOT_FOUND, WRONG_METHOD, SERVER_FAULT)
 KEYED = (UNAUTHORIZED, RATE_LIMITED, *COMMON)
 SUBMIT_ERRORS = (BAD_INPUT, NO_CREDITS, TOO_LARGE, UNSUPPORTED, UNPROCESSABLE, UNAVAILABLE, *KEYED)
+
+GATEWAY_TIMEOUT = error(
+    504, "The job is still going after `SYNC_WAIT_SECONDS` (`job_id`): it goes on; poll `/v1/jobs/{job_id}`."
+)
+# Protocols whose answer is the result: the submit errors, and the job's own end.
+RESULT_ERRORS = (*SUBMIT_ERRORS, GATEWAY_TIMEOUT)
+A1111_LIST = Reply(200, "A list.", (("application/json", {"type": "array"}),))
+A1111_OBJECT = Reply(200, "An object.", (("application/json", {"type": "object"}),))
+A1111_EXAMPLE: dict[str, Any] = {
+    "init_images": [EXAMPLE_IMAGE],
+    "prompt": REFERENCE_REQUEST["prompt"],
+    "negative_prompt": REFERENCE_REQUEST["negative_prompt"],
+    "sampler_name": "Euler a",
+    "steps": 20,
+    "cfg_scale": 7,
+    "denoising_strength": 0.75,
+    "seed": 1234,
+    "batch_size": 2,
+    "width": 512,
+    "height": 512,
+}
+SHOULD_NOT_RETRY = ("x-should-retry",)
+OPENAI_ERRORS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
+    (400, "Bad input: `param` names the form field.", SHOULD_NOT_RETRY),
+    (401, "Missing, unknown or revoked key (`Authorization: Bearer`).", SHOULD_NOT_RETRY),
+    (404, "No such path.", SHOULD_NOT_RETRY),
+    (405, "The path exists but not with this method.", ("Allow", *SHOULD_NOT_RETRY)),
+    (413, "The body or the image is over its limit.", SHOULD_NOT_RETRY),
+    (415, "The image is not JPEG, PNG or WebP.", SHOULD_NOT_RETRY),
+    (422, "An `Idempotency-Key` was reused with a different body.", SHOULD_NOT_RETRY),
+    (
+        429,
+        "Rate limit (`rate_limit_exceeded`, retry after `Retry-After`) "
+        "or no credits left (`insufficient_quota`, not retried).",
+        ("Retry-After", *SHOULD_NOT_RETRY),
+    ),
+    (500, "Generation failed (`generation_failed`): not retried.", SHOULD_NOT_RETRY),
+    (
+        503,
+        "Redis, S3 or the queue is unavailable; retry after `Retry-After`.",
+        ("Retry-After", *SHOULD_NOT_RETRY),
+    ),
+    (504, "The job is still going after `SYNC_WAIT_SECONDS`; it goes on.", SHOULD_NOT_RETRY),
+)
+
+
+def openai_error(status: int, description: str, headers: tuple[str, ...]) -> Reply:
+    return json_reply(status, description, OpenAIError, headers)
+
 
 JOB_ID = Param("job_id", "path", {"type": "string", "minLength": 1}, "Job id (`x-job-id` of the submission).")
 REQUEST_ID = Param(
@@ -290,6 +358,127 @@ ROUTES: tuple[Operation, ...] = (
         secured=True,
     ),
     Operation(
+        "POST",
+        "/sdapi/v1/img2img",
+        "a1111Img2img",
+        "Transform an image (AUTOMATIC1111 web UI API); waits for the result",
+        "a1111",
+        (
+            json_reply(200, "The images, the request and `info`.", A1111Img2ImgResult, JOB_HEADERS),
+            *RESULT_ERRORS,
+        ),
+        parameters=(IDEMPOTENCY_KEY,),
+        body="A1111Img2ImgRequest",
+        secured=True,
+        example=A1111_EXAMPLE,
+        description="Fields the farm cannot honour are a 400 naming them; see the README's table.",
+    ),
+    Operation(
+        "POST",
+        "/sdapi/v1/txt2img",
+        "a1111Txt2img",
+        "Not served: the farm transforms images (400 pointing at img2img)",
+        "a1111",
+        (BAD_INPUT, *KEYED),
+        secured=True,
+    ),
+    Operation(
+        "GET",
+        "/sdapi/v1/progress",
+        "a1111Progress",
+        "Progress of this key's latest job",
+        "a1111",
+        (json_reply(200, "The latest job's progress (zeros before the first).", A1111Progress), *KEYED),
+        secured=True,
+    ),
+    Operation(
+        "POST",
+        "/sdapi/v1/interrupt",
+        "a1111Interrupt",
+        "Cancel this key's latest job if it has not ended",
+        "a1111",
+        (Reply(200, "Done (null).", (("application/json", {"type": "null"}),)), *KEYED),
+        secured=True,
+    ),
+    Operation(
+        "GET",
+        "/sdapi/v1/options",
+        "a1111Options",
+        "The web UI options clients read (checkpoint, formats, eta)",
+        "a1111",
+        (Reply(200, "The options.", (("application/json", {"type": "object"}),)), *KEYED),
+        secured=True,
+    ),
+    Operation(
+        "POST",
+        "/sdapi/v1/options",
+        "a1111SetOptions",
+        "Accepts options that already hold (e.g. the farm's own checkpoint); others are a 400",
+        "a1111",
+        (Reply(200, "Nothing changed (null).", (("application/json", {"type": "null"}),)), BAD_INPUT, *KEYED),
+        secured=True,
+    ),
+    *(
+        Operation(
+            "GET",
+            f"/sdapi/v1/{path}",
+            f"a1111Get{name}",
+            summary,
+            "a1111",
+            (A1111_LIST, *KEYED),
+            secured=True,
+        )
+        for path, name, summary in (
+            ("samplers", "Samplers", "Sampler names and the farm scheduler behind each (`aliases`)"),
+            ("schedulers", "Schedulers", "Schedule types: automatic, karras"),
+            ("sd-models", "Models", "The farm's model"),
+        )
+    ),
+    *(
+        Operation(
+            "GET",
+            f"/sdapi/v1/{path}",
+            f"a1111Get{name}",
+            summary,
+            "a1111",
+            (A1111_OBJECT, *KEYED),
+            secured=True,
+        )
+        for path, name, summary in (
+            ("scripts", "Scripts", "No scripts: empty txt2img and img2img lists"),
+            ("cmd-flags", "CmdFlags", "The flags a web UI would have been started with"),
+            ("embeddings", "Embeddings", "No textual inversions"),
+        )
+    ),
+    *(
+        Operation(
+            "GET",
+            f"/sdapi/v1/{path}",
+            "a1111Get" + "".join(part.capitalize() for part in path.split("-")),
+            f"Empty: no {path.replace('-', ' ')} on this farm",
+            "a1111",
+            (A1111_LIST, *KEYED),
+            secured=True,
+        )
+        for path in EMPTY_LISTS
+    ),
+    Operation(
+        "POST",
+        "/v1/images/edits",
+        "openaiImageEdit",
+        "Transform an image (OpenAI Images API, multipart); waits for the result",
+        "openai",
+        (
+            json_reply(200, "The images, base64 JPEG or URLs.", OpenAIImagesResponse, JOB_HEADERS),
+            *(openai_error(status, text, headers) for status, text, headers in OPENAI_ERRORS),
+        ),
+        parameters=(IDEMPOTENCY_KEY,),
+        body="OpenAIImageEditRequest",
+        body_media="multipart/form-data",
+        secured=True,
+        description="Errors are in OpenAI's shape; a failed generation carries `x-should-retry: false`.",
+    ),
+    Operation(
         "GET",
         "/healthz",
         "healthz",
@@ -331,6 +520,10 @@ HEADERS: dict[str, Schema] = {
     "x-generation-time": {"description": "Seconds spent in the pipeline.", "schema": {"type": "string"}},
     "Retry-After": {"description": "Seconds to wait before trying again.", "schema": {"type": "string"}},
     "Allow": {"description": "Methods the path serves.", "schema": {"type": "string"}},
+    "x-should-retry": {
+        "description": "`false` where retrying cannot help (OpenAI's SDKs then do not retry).",
+        "schema": {"type": "string", "enum": ["true", "false"]},
+    },
     "x-cost": {"description": "Credits the job cost (with keys on).", "schema": {"type": "string"}},
     "x-remaining-credits": {
         "description": "The key's balance after this request.",

@@ -206,6 +206,10 @@ class JobService:
             raise NotFound(f"no job {job_id}")
         return job
 
+    def latest(self, owner: str | None) -> Job | None:
+        """The owner's latest job (anyone's with keys off)."""
+        return self.store.jobs.latest(owner or "")
+
     def wait(self, job: Job, timeout: float) -> Watched:
         """The job once it ends, or as it stands when ``timeout`` runs out, with the outputs
         its answer carries (all with ``base64``, else the first) while Redis keeps them, and

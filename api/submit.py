@@ -1,19 +1,22 @@
-"""From a submit request to an accepted job: shared by the v1 and v2 submit routes."""
+"""From a submit request to an accepted job, and from a job to its result: shared by every
+protocol's submit route (v1, v2, the web UI API, OpenAI's edits)."""
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Final, cast
 
 from flask import request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from api.auth import current_owner
+from api.auth import current_owner, note_balance
 from api.context import fetcher
 from api.service import JobService
-from shared.errors import InvalidInput
+from shared.errors import InvalidInput, JobFailed, ResultTimeout
 from shared.images import read_image_field
-from shared.jobs import Job
-from shared.schema import parse_request
+from shared.jobs import Job, JobStatus
+from shared.schema import Img2ImgRequest, parse_request
 
 IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
 MAX_IDEMPOTENCY_KEY: Final = 255
@@ -48,8 +51,47 @@ def submit_from_request(svc: JobService) -> Job:
     body = json_body()
     if body is None:
         raise InvalidInput("body", "must be a JSON object")
-    checked = parse_request(body, svc.settings)
+    return accept_checked(svc, parse_request(body, svc.settings))
+
+
+def accept_checked(svc: JobService, checked: Img2ImgRequest, image: bytes | None = None) -> Job:
+    """Accept a checked request (once per ``Idempotency-Key``); ``image``: its bytes when they
+    came in another part of the request, else read from its ``image`` field."""
     key = idempotency_key()
     webhook = svc.check_webhook(checked.webhook) if checked.webhook else None
-    image = read_image_field(checked.image, svc.settings, fetcher=fetcher())  # decoded in full by submit
+    if image is None:
+        image = read_image_field(checked.image, svc.settings, fetcher=fetcher())  # decoded in full by submit
     return svc.submit(checked.params, image, webhook=webhook, idempotency_key=key, owner=current_owner())
+
+
+def wait_for_result(svc: JobService, job: Job) -> tuple[Job, list[bytes | None] | None]:
+    """The job once it succeeds (within ``SYNC_WAIT_SECONDS``), with the outputs the wait
+    read; for protocols whose answer is the result. A failed or canceled job is a
+    :class:`JobFailed`; one still going after the wait a 504 that names it (it goes on, and
+    ``/v1/jobs/{id}`` has it)."""
+    cached: list[bytes | None] | None = None
+    if not job.status.terminal:
+        job, cached = _wait(svc, job)
+    if job.status is not JobStatus.SUCCEEDED:
+        raise JobFailed(job.error or f"job {job.status.value}", job.id)
+    return job, cached
+
+
+def _wait(svc: JobService, job: Job) -> tuple[Job, list[bytes | None] | None]:
+    watched = svc.wait(job, svc.settings.sync_wait_seconds)
+    note_balance(watched.balance_milli)
+    ended = cast(Job, watched.job)  # wait() raises NotFound for no job
+    if not ended.status.terminal:
+        raise ResultTimeout(
+            f"job {job.id} is still {ended.status.value}; it goes on: GET /v1/jobs/{job.id}", job.id
+        )
+    return ended, watched.images
+
+
+@contextmanager
+def renamed_fields(names: Mapping[str, str]) -> Iterator[None]:
+    """Errors about the farm's request fields named as another protocol names them."""
+    try:
+        yield
+    except InvalidInput as exc:
+        raise exc.renamed(names.get(exc.field, exc.field)) from exc

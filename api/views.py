@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Annotated, ClassVar, Final, Literal
+from typing import Annotated, Any, ClassVar, Final, Literal
 
 from flask import Response, jsonify
 
@@ -154,3 +154,81 @@ class V2Result(View):
         outputs = tuple(image_urls(job, base_url))
         metrics = V2Metrics(job.queue_seconds, job.run_seconds, job.generation_time)
         return cls(job.id, "COMPLETED", outputs[0], outputs, job.seeds, metrics)
+
+
+# -- the AUTOMATIC1111 web UI API ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class A1111Img2ImgResult(View):
+    """The web UI's img2img answer: base64 JPEGs, the request as sent (without its images)
+    and `info`, a JSON string with the seeds, prompts and settings the images were made with."""
+
+    images: Annotated[tuple[str, ...], Doc("Every image, base64 JPEG (none with `send_images` false).")]
+    parameters: Annotated[dict[str, Any], Doc("The request body, `init_images` and `mask` null.")]
+    info: Annotated[str, Doc("JSON: `seed`, `all_seeds`, `prompt`, `sd_model_name`, `job_id`, ...")]
+
+
+@dataclass(frozen=True)
+class A1111ProgressState(View):
+    """The web UI's state of the key's latest job."""
+
+    job: Annotated[str, Doc("The job id (empty before the key's first job).")]
+    job_count: Annotated[int, Doc("1 while the job has not ended, else 0.")]
+    job_no: int
+    job_timestamp: Annotated[str, Doc("When the job was created, YYYYmmddHHMMSS (UTC).")]
+    skipped: bool
+    interrupted: Annotated[bool, Doc("The job was canceled.")]
+    sampling_step: int
+    sampling_steps: int
+
+
+@dataclass(frozen=True)
+class A1111Progress(View):
+    """Progress of this key's latest job, as the web UI reports it."""
+
+    progress: Annotated[float, Doc("0 to 1; 1 once the job has ended.")]
+    eta_relative: Annotated[float, Doc("Estimated seconds of queue wait (0 once running).")]
+    state: A1111ProgressState
+    current_image: Annotated[str | None, Doc("Always null: no previews.")]
+    textinfo: Annotated[str | None, Doc("The farm's status of the job.")]
+
+
+# -- OpenAI's Images API -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OpenAIImage(View):
+    """One image: base64 JPEG (`b64_json`, the default) or its URL (`response_format=url`)."""
+
+    b64_json: Annotated[str | Omitted, Doc("The image, base64 JPEG.")] = OMIT
+    url: Annotated[str | Omitted, Doc("The job's image URL (fetching it needs the key).")] = OMIT
+
+
+@dataclass(frozen=True)
+class OpenAIImagesResponse(View):
+    """OpenAI's images answer."""
+
+    created: Annotated[int, Doc("Unix seconds the job was created.")]
+    data: tuple[OpenAIImage, ...]
+    size: Annotated[str, Doc("WIDTHxHEIGHT of the images.")]
+    output_format: Literal["jpeg"] = "jpeg"
+
+
+@dataclass(frozen=True)
+class OpenAIErrorDetail(View):
+    """What went wrong, in OpenAI's words."""
+
+    message: str
+    type: Annotated[str, Doc("invalid_request_error, requests, insufficient_quota or server_error.")]
+    param: Annotated[str | None, Doc("The form field at fault (bad input only).")]
+    code: Annotated[str | None, Doc("A short machine-readable reason.")]
+
+
+@dataclass(frozen=True)
+class OpenAIError(View):
+    """An error in OpenAI's shape."""
+
+    SCHEMA_NAME: ClassVar[str] = "OpenAIError"
+
+    error: OpenAIErrorDetail

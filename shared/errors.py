@@ -22,6 +22,15 @@ class InvalidInput(ServiceError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+        self.reason = message
+
+    def renamed(self, field: str) -> InvalidInput:
+        """The same error (same class and status) about ``field``: another protocol's name
+        for the field this one concerns."""
+        other = type(self).__new__(type(self))
+        other.__dict__.update(self.__dict__, field=field, message=f"{field}: {self.reason}")
+        Exception.__init__(other, other.message)
+        return other
 
 
 class UnsupportedMediaType(InvalidInput):
@@ -95,6 +104,16 @@ class JobFailed(ServiceError):
     """The job was accepted but ended failed or canceled; the message is the job's error."""
 
     status_code = 500
+
+    def __init__(self, message: str, job_id: str) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+
+
+class ResultTimeout(ServiceError):
+    """A protocol whose answer is the result waited its budget and the job is still going."""
+
+    status_code = 504
 
     def __init__(self, message: str, job_id: str) -> None:
         super().__init__(message)

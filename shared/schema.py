@@ -169,13 +169,16 @@ class Img2ImgRequest:
     webhook: str | None = None
 
 
-def parse_request(body: Any, settings: Settings) -> Img2ImgRequest:
-    """Check ``body`` (decoded JSON) against the schema; raise ``InvalidInput`` on the first fault."""
+def parse_request(body: Any, settings: Settings, with_image: bool = True) -> Img2ImgRequest:
+    """Check ``body`` (decoded JSON) against the schema; raise ``InvalidInput`` on the first fault.
+    ``with_image`` False: the image comes in another part of the request (``image`` is then
+    empty)."""
     if not isinstance(body, Mapping):
         raise InvalidInput("body", "must be a JSON object")
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = {"image": ""}
     for spec in fields(settings):
-        values[spec.name] = _check_field(spec, body.get(spec.name), spec.name in body)
+        if spec.name != "image" or with_image:
+            values[spec.name] = _check_field(spec, body.get(spec.name), spec.name in body)
     image = values.pop("image")
     webhook = values.pop("webhook")
     return Img2ImgRequest(image=image, params=GenerationParams(**values), webhook=webhook)

@@ -5,7 +5,8 @@ and :meth:`View.json_schema` describes it, both from the same declarations, so t
 document cannot drift from what the code sends. Field types map to JSON Schema:
 
 * ``str``, ``int``, ``float``, ``bool``; ``X | None``: nullable (always present);
-* ``tuple[X, ...]`` or ``list[X]``: an array of X;
+* ``tuple[X, ...]`` or ``list[X]``: an array of X; ``dict[str, X]``: an object of X
+  (``dict[str, Any]``: of anything);
 * ``Literal["a", "b"]`` and ``enum.Enum`` subclasses: a string enum;
 * another view: a ``$ref`` to its schema (:func:`components` collects them);
 * ``X | Omitted`` with the default ``OMIT``: left out of the body while it holds ``OMIT``,
@@ -141,6 +142,8 @@ def _plain(value: Any) -> Any:
         return value.value
     if isinstance(value, list | tuple):
         return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return dataclasses.asdict(value)
     return value
@@ -181,6 +184,13 @@ def _type_schema(hint: Any, where: str) -> Schema:
         return _enum([member.value for member in hint], where)
     if origin is Literal:
         return _enum(list(get_args(hint)), where)
+    if origin is dict:
+        key, value = get_args(hint)
+        if key is not str:
+            raise TypeError(f"{where}: only dict[str, X] is supported, not {hint!r}")
+        if value is Any:
+            return {"type": "object"}
+        return {"type": "object", "additionalProperties": _type_schema(value, where)}
     if origin in (list, tuple):
         args = get_args(hint)
         if origin is tuple and (len(args) != 2 or args[1] is not Ellipsis):

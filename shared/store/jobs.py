@@ -143,6 +143,7 @@ class Jobs:
                 "apikey": keys.apikey(owner),
                 "sent": keys.sent,
                 "idempotency": keys.idempotency(idempotency.key if idempotency else ""),
+                "latest": keys.latest(owner),
             },
             args={
                 "limit": max_queue_depth,
@@ -321,6 +322,11 @@ class Jobs:
     def get(self, job_id: str) -> Job | None:
         data = cast(dict[str, str], self._text.hgetall(self._keys.job(job_id)))
         return Job.from_hash(data) if data else None
+
+    def latest(self, owner: str = "") -> Job | None:
+        """``owner``'s most recent job (with keys off, owner ``""``: anyone's), while it is kept."""
+        job_id = self._text.get(self._keys.latest(owner))
+        return None if job_id is None else self.get(str(job_id))
 
     def queue_position(self, job_id: str) -> int | None:
         """How many queued jobs are ahead of this one (0: next); None when not queued."""

@@ -90,7 +90,7 @@ def test_every_operation_documents_its_errors() -> None:
             for status, reply in operation["responses"].items():
                 if status.startswith(("4", "5")) and "content" in reply:
                     schema = reply["content"]["application/json"]["schema"]["$ref"]
-                    assert schema.rsplit("/", 1)[1] in ("Error", "V2Status", "Readiness"), (
+                    assert schema.rsplit("/", 1)[1] in ("Error", "OpenAIError", "V2Status", "Readiness"), (
                         method,
                         path,
                         status,
@@ -112,6 +112,6 @@ def test_the_served_document_follows_the_running_settings(gateway_app: Flask) ->
 def test_the_key_requirement_follows_auth_enabled() -> None:
     keyed = build_document(Settings())["paths"]
     open_ = build_document(Settings(auth_enabled=False))["paths"]
-    assert keyed["/v1/sd1.5-img2img"]["post"]["security"] == [{"ApiKey": []}]
+    assert keyed["/v1/sd1.5-img2img"]["post"]["security"] == [{"ApiKey": []}, {"Bearer": []}, {"Basic": []}]
     assert "security" not in keyed["/healthz"]["get"]
     assert all("security" not in op for item in open_.values() for op in item.values())

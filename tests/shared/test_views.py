@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import pytest
 
@@ -68,12 +68,33 @@ def test_the_schema_follows_the_fields() -> None:
     assert set(components([Outer])) == {"Outer", "Inner"}
 
 
+def test_objects_of_values_and_free_form_objects() -> None:
+    @dataclass(frozen=True)
+    class Counts(View):
+        """Counts by name, and anything else."""
+
+        counts: dict[str, int]
+        extra: dict[str, Any]
+
+    properties = Counts.json_schema()["properties"]
+    assert properties["counts"] == {"type": "object", "additionalProperties": {"type": "integer"}}
+    assert properties["extra"] == {"type": "object"}
+    body = Counts({"a": 1}, {"nested": {"k": [1, 2]}, "colour": Colour.RED}).to_json()
+    assert body == {"counts": {"a": 1}, "extra": {"nested": {"k": [1, 2]}, "colour": "red"}}
+
+
 def test_what_has_no_schema_is_refused() -> None:
     @dataclass(frozen=True)
     class Mapping(View):
         """A body with a field no schema describes."""
 
-        values: dict[str, int]
+        values: set[int]
+
+    @dataclass(frozen=True)
+    class KeyedByNumber(View):
+        """JSON object keys are strings."""
+
+        values: dict[int, str]
 
     @dataclass(frozen=True)
     class Undescribed(View):
@@ -81,6 +102,8 @@ def test_what_has_no_schema_is_refused() -> None:
 
     with pytest.raises(TypeError, match="no JSON Schema"):
         Mapping.json_schema()
+    with pytest.raises(TypeError, match=r"only dict\[str, X\]"):
+        KeyedByNumber.json_schema()
     with pytest.raises(TypeError, match="docstring"):
         Undescribed.json_schema()
 

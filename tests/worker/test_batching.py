@@ -3,21 +3,26 @@ each job's images match what it gets alone, and each job keeps its own outcome."
 
 from __future__ import annotations
 
+import base64
+import io
 import signal
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from api.app import create_app
 from shared.jobs import Job, JobStatus, input_key, shape_key
 from shared.schema import parse_request
 from shared.settings import Settings
 from shared.store import JobStore
 from tests.conftest import start_worker
-from tests.helpers import create_job, jpeg_pixels, raw_redis, reference_body
+from tests.helpers import create_job, jpeg_pixels, raw_redis, reference_body, sample_image
 from tests.reliability.conftest import Farm
 from worker.batching import Member, collect_partners
 
@@ -180,3 +185,54 @@ def test_partners_join_as_started_records(isolated_settings: Settings) -> None:
     assert all(p.job.status is JobStatus.RUNNING and p.job.started_at is not None for p in partners)
     alone = store.jobs.claim("p1", "w2", 30, 3)
     assert not alone.started  # their own messages find them taken
+
+
+def test_web_ui_and_openai_requests_share_a_call_with_segmind_jobs_of_their_shape(batch_farm: Farm) -> None:
+    """The same shape through three protocols: one pipeline call (after the blocker's)."""
+    farm = batch_farm
+    client = create_app(farm.settings).test_client()
+    image = sample_image()
+    web_ui = {
+        "init_images": [base64.b64encode(image).decode()],
+        "prompt": "a harbour at night",
+        "sampler_name": "DDIM",
+        "eta": 0,
+        "steps": SHAPE["num_inference_steps"],
+        "denoising_strength": SHAPE["strength"],
+        "cfg_scale": 7.5,
+        "seed": 21,
+    }
+    openai_form = {
+        "prompt": "a harbour at noon",
+        "scheduler": "DDIM",
+        "num_inference_steps": str(SHAPE["num_inference_steps"]),
+        "strength": str(SHAPE["strength"]),
+        "guidance_scale": "7.5",
+        "seed": "22",
+    }
+    blocker = occupy(farm)
+    before = farm.pipeline_calls()
+    segmind = farm.submit(prompt="a harbour at dawn", seed=23, guidance_scale=7.5, **SHAPE)
+    queued = raw_redis(farm.settings)
+    with ThreadPoolExecutor(2) as pool:
+        answers = [
+            pool.submit(client.post, "/sdapi/v1/img2img", json=web_ui),
+            pool.submit(
+                client.post,
+                "/v1/images/edits",
+                data={**openai_form, "image": (io.BytesIO(image), "in.png")},
+                content_type="multipart/form-data",
+            ),
+        ]
+        while queued.zcard(farm.store.keys.queued) < 3:  # all three wait behind the blocker
+            time.sleep(0.01)
+        assert farm.store.jobs.get(blocker.id).status is JobStatus.RUNNING  # type: ignore[union-attr]
+        replies = [answer.result(timeout=120) for answer in answers]
+    assert [reply.status_code for reply in replies] == [200, 200], [
+        reply.get_data()[:300] for reply in replies
+    ]
+    jobs = [farm.finished(reply.headers["x-job-id"]) for reply in replies] + [farm.finished(segmind.id)]
+    assert farm.finished(blocker.id).status is JobStatus.SUCCEEDED
+    assert [job.seeds for job in jobs] == [(21,), (22,), (23,)]
+    assert len({job.batch_id for job in jobs}) == 1 and jobs[0].batch_id is not None
+    assert farm.pipeline_calls() - before == 2  # the blocker's call, then one for all three

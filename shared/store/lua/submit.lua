@@ -1,12 +1,12 @@
 -- Records a new queued job in one step: only if the queue has room (limit 0: none), its key
 -- can pay (cost -1: nobody pays) and, with an idempotency key, the key is still bound to this
 -- job; charging the key in the same step. Also its place in the queue, in the orphan check
--- and in its shape's list of batching candidates, and the Redis copy of its input (image ''
--- for none). A job already recorded is left as it is (a repeated call whose reply was lost).
+-- and in its shape's list of batching candidates, the Redis copy of its input (image ''
+-- for none) and, as its owner's latest job, its id. A job already recorded is left as it is (a repeated call whose reply was lost).
 -- Returns {'queued', balance after the charge} or {'full' | 'credits' | 'revoked' |
 -- 'superseded', balance}.
 --
--- keys: queued job events stats shape input apikey sent idempotency
+-- keys: queued job events stats shape input apikey sent idempotency latest
 -- args: limit cost ttl id created_at shape_cap image idempotency_value fields...
 
 if redis.call('EXISTS', K.job) == 1 then
@@ -38,4 +38,5 @@ if A.image ~= '' then redis.call('SET', K.input, A.image, 'EX', A.ttl) end
 redis.call('RPUSH', K.shape, A.id)
 redis.call('LTRIM', K.shape, -tonumber(A.shape_cap), -1)
 redis.call('EXPIRE', K.shape, A.ttl)
+redis.call('SET', K.latest, A.id, 'EX', A.ttl)
 return {'queued', balance}
