@@ -47,21 +47,25 @@ NEUTRAL: Final[dict[str, tuple[tuple[str, ...], str]]] = {
     "stream": (("false",), "streaming is not supported"),
     "background": (("auto", "opaque"), "transparent backgrounds are not supported"),
     "quality": (("auto", "standard"), "only auto and standard are supported"),
-    "output_format": (("jpeg",), "images are JPEG on this farm"),
     "partial_images": (("0",), "partial images need streaming, which is not supported"),
 }
 UNSUPPORTED: Final[dict[str, str]] = {
     "mask": "masks (inpainting) are not supported",
     "markup": "markup images are not supported",
     "input_fidelity": "input fidelity is not supported",
-    "output_compression": "output compression is not supported",
     "complexity": "complexity is not supported",
     "frame_count": "animations are not supported",
     "frame_duration_ms": "animations are not supported",
 }
 
 # The farm's field names in this API's words, for errors raised on the translated request.
-NATIVE_NAMES: Final = {"samples": "n", "img_width": "size", "img_height": "size", "image": "image"}
+NATIVE_NAMES: Final = {
+    "samples": "n",
+    "img_width": "size",
+    "img_height": "size",
+    "image": "image",
+    "output_quality": "output_compression",
+}
 
 
 @bp.post("/edits")
@@ -80,13 +84,24 @@ def edits() -> Response:
         data = tuple(OpenAIImage(b64_json=_b64(item)) for item in images)
     size = f"{job.params.img_width}x{job.params.img_height}"
     return with_job_headers(
-        respond(OpenAIImagesResponse(created=int(job.created_at), data=data, size=size)), job
+        respond(OpenAIImagesResponse(int(job.created_at), data, size, job.params.output_format)), job
     )
 
 
 def to_native(form: Any) -> tuple[dict[str, Any], str]:
     """The farm's request for an edits form, and the response format; 400 naming the field."""
-    known = {"image", "image[]", "prompt", "n", "size", "response_format", *EXTENSIONS, *IGNORED}
+    known = {
+        "image",
+        "image[]",
+        "prompt",
+        "n",
+        "size",
+        "response_format",
+        "output_format",
+        "output_compression",
+        *EXTENSIONS,
+        *IGNORED,
+    }
     for field in form:
         if field in UNSUPPORTED:
             raise InvalidInput(field, UNSUPPORTED[field])
@@ -116,6 +131,10 @@ def to_native(form: Any) -> tuple[dict[str, Any], str]:
         "strength": DEFAULT_STRENGTH,
         "base64": True,
     }
+    if form.get("output_format"):
+        body["output_format"] = form["output_format"]
+    if form.get("output_compression"):
+        body["output_quality"] = _number(form, "output_compression", int, None)
     for field, kind in EXTENSIONS.items():
         if field in form:
             body[field] = _number(form, field, kind, None) if kind is not str else form[field]

@@ -14,7 +14,7 @@ from api.service import JobService
 from api.submit import submit_from_request
 from api.views import Img2ImgResult, respond
 from shared.errors import JobFailed
-from shared.jobs import Job, JobStatus
+from shared.jobs import Job, JobStatus, output_media_type
 from shared.jobview import JobView
 from shared.pricing import format_credits
 
@@ -56,7 +56,7 @@ def cancel_job(job_id: str) -> Response:
 def get_job_image(job_id: str, index: int) -> Response:
     svc = service()
     job = svc.get(job_id, current_owner())
-    response = Response(svc.image(job, index), mimetype="image/jpeg")
+    response = Response(svc.image(job, index), mimetype=output_media_type(job.outputs[index]))
     response.headers["Cache-Control"] = "private, max-age=3600"
     return with_job_headers(response, job)
 
@@ -75,7 +75,7 @@ def _finished_response(svc: JobService, job: Job, cached: list[bytes | None] | N
         images = tuple(base64.b64encode(data).decode("ascii") for data in svc.images(job, cached=cached))
         response = respond(Img2ImgResult(image=images[0], images=images, seeds=job.seeds, job_id=job.id))
     else:
-        response = Response(svc.images(job, 1, cached)[0], mimetype="image/jpeg")
+        response = Response(svc.images(job, 1, cached)[0], mimetype=job.params.media_type)
     response.headers["x-seed-value"] = str(job.seeds[0])
     if job.owner:
         response.headers["x-cost"] = format_credits(job.cost_milli)

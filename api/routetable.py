@@ -30,7 +30,7 @@ from api.views import (
     V2Submitted,
 )
 from shared.jobview import JobView
-from shared.schema import REFERENCE_REQUEST
+from shared.schema import OUTPUT_MEDIA_TYPES, REFERENCE_REQUEST
 from shared.views import Schema, View, ref
 
 # An 8x8 PNG, so that the examples in the document are requests the gateway accepts.
@@ -148,6 +148,9 @@ def error(status: int, description: str, headers: tuple[str, ...] = ()) -> Reply
 
 
 JOB_HEADERS = ("x-job-id", "x-request-id", "Location")
+IMAGE_BODIES: tuple[tuple[str, Body], ...] = tuple(
+    (media, {"type": "string", "contentMediaType": media}) for media in OUTPUT_MEDIA_TYPES.values()
+)
 BAD_INPUT = error(
     400, "Bad input: the body is not a JSON object, or a field (named in `field`) breaks its rule."
 )
@@ -255,11 +258,9 @@ ROUTES: tuple[Operation, ...] = (
         (
             Reply(
                 200,
-                "The result: raw JPEG when `base64` is false, else JSON with base64 JPEGs.",
-                (
-                    ("image/jpeg", {"type": "string", "contentMediaType": "image/jpeg"}),
-                    ("application/json", Img2ImgResult),
-                ),
+                "The result: the raw image (in `output_format`) when `base64` is false, else JSON "
+                "with base64 images.",
+                (*IMAGE_BODIES, ("application/json", Img2ImgResult)),
                 (*JOB_HEADERS, "x-seed-value", "x-generation-time", "x-cost", "x-remaining-credits"),
             ),
             json_reply(
@@ -306,8 +307,8 @@ ROUTES: tuple[Operation, ...] = (
         (
             Reply(
                 200,
-                "The JPEG.",
-                (("image/jpeg", {"type": "string", "contentMediaType": "image/jpeg"}),),
+                "The image, in the job's `output_format`.",
+                IMAGE_BODIES,
                 JOB_HEADERS,
             ),
             UNAVAILABLE,

@@ -14,6 +14,7 @@ from flask import Response, jsonify
 
 from shared.jobs import Job, JobStatus
 from shared.jobview import image_urls
+from shared.schema import OutputFormat
 from shared.views import OMIT, Doc, Omitted, View
 
 
@@ -39,10 +40,11 @@ class ErrorBody(View):
 
 @dataclass(frozen=True)
 class Img2ImgResult(View):
-    """The result of a synchronous submit with `base64` true: every image as a base64 JPEG."""
+    """The result of a synchronous submit with `base64` true: every image, base64, in its
+    `output_format`."""
 
-    image: Annotated[str, Doc("The first image, base64 JPEG.")]
-    images: Annotated[tuple[str, ...], Doc("Every image, base64 JPEG.")]
+    image: Annotated[str, Doc("The first image, base64.")]
+    images: Annotated[tuple[str, ...], Doc("Every image, base64.")]
     seeds: Annotated[tuple[int, ...], Doc("Seed of each image.")]
     job_id: str
 
@@ -199,9 +201,9 @@ class A1111Progress(View):
 
 @dataclass(frozen=True)
 class OpenAIImage(View):
-    """One image: base64 JPEG (`b64_json`, the default) or its URL (`response_format=url`)."""
+    """One image: base64 (`b64_json`, the default) or its URL (`response_format=url`)."""
 
-    b64_json: Annotated[str | Omitted, Doc("The image, base64 JPEG.")] = OMIT
+    b64_json: Annotated[str | Omitted, Doc("The image, base64, in `output_format`.")] = OMIT
     url: Annotated[str | Omitted, Doc("The job's image URL (fetching it needs the key).")] = OMIT
 
 
@@ -212,7 +214,7 @@ class OpenAIImagesResponse(View):
     created: Annotated[int, Doc("Unix seconds the job was created.")]
     data: tuple[OpenAIImage, ...]
     size: Annotated[str, Doc("WIDTHxHEIGHT of the images.")]
-    output_format: Literal["jpeg"] = "jpeg"
+    output_format: OutputFormat
 
 
 @dataclass(frozen=True)

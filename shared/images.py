@@ -231,9 +231,13 @@ def prepare_image(image: Image.Image, width: int, height: int) -> Image.Image:
     return image
 
 
-def encode_jpeg(image: Image.Image, quality: int) -> bytes:
+def encode_image(image: Image.Image, output_format: str, quality: int) -> bytes:
+    """An output image in ``output_format`` (jpeg, png or webp); ``quality`` for the lossy two."""
     buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=quality)
+    if output_format == "png":
+        image.save(buffer, format="PNG")
+    else:
+        image.save(buffer, format=output_format.upper(), quality=quality)
     return buffer.getvalue()
 
 

@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from shared.schema import GenerationParams
+from shared.schema import OUTPUT_EXTENSIONS, OUTPUT_MEDIA_TYPES, GenerationParams
 
 
 class JobStatus(enum.StrEnum):
@@ -46,8 +46,15 @@ def input_key(job_id: str) -> str:
     return f"jobs/{job_id}/input"
 
 
-def output_key(job_id: str, index: int) -> str:
-    return f"jobs/{job_id}/{index}.jpg"
+def output_key(job_id: str, index: int, output_format: str = "jpeg") -> str:
+    return f"jobs/{job_id}/{index}.{OUTPUT_EXTENSIONS[output_format]}"
+
+
+def output_media_type(key: str) -> str:
+    """The media type of an output, from its object name (:func:`output_key`)."""
+    extension = key.rsplit(".", 1)[-1]
+    formats = {ext: fmt for fmt, ext in OUTPUT_EXTENSIONS.items()}
+    return OUTPUT_MEDIA_TYPES[formats.get(extension, "jpeg")]
 
 
 @dataclass(frozen=True)

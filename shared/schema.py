@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from shared.errors import InvalidInput
 
@@ -50,6 +50,12 @@ REFERENCE_REQUEST: dict[str, Any] = {
     "img_height": 512,
     "base64": False,
 }
+
+# Formats an output image may be written in, each with its media type and file extension.
+OutputFormat = Literal["jpeg", "png", "webp"]
+OUTPUT_FORMATS: tuple[OutputFormat, ...] = get_args(OutputFormat)
+OUTPUT_MEDIA_TYPES: dict[str, str] = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
+OUTPUT_EXTENSIONS: dict[str, str] = {"jpeg": "jpg", "png": "png", "webp": "webp"}
 
 MAX_SEED = 2**63 - 1
 MAX_URL_CHARS = 2048
@@ -123,6 +129,21 @@ def fields(settings: Settings) -> tuple[FieldSpec, ...]:
             default=True,
         ),
         FieldSpec(
+            "output_format",
+            "string",
+            "Format of the output images (content types, data and object names follow).",
+            default="jpeg",
+            enum=OUTPUT_FORMATS,
+        ),
+        FieldSpec(
+            "output_quality",
+            "integer",
+            "Quality of jpeg and webp outputs (png is lossless and ignores it).",
+            default=settings.jpeg_quality,
+            minimum=1,
+            maximum=100,
+        ),
+        FieldSpec(
             "webhook",
             "string",
             "URL that receives the signed job document when the job ends.",
@@ -146,13 +167,20 @@ class GenerationParams:
     img_width: int
     img_height: int
     base64: bool
+    output_format: OutputFormat = "jpeg"
+    output_quality: int = 90
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> GenerationParams:
-        return cls(**{name: data[name] for name in cls.__dataclass_fields__})
+        """The parameters of a stored job; fields newer than the record take their defaults."""
+        return cls(**{name: data[name] for name in cls.__dataclass_fields__ if name in data})
+
+    @property
+    def media_type(self) -> str:
+        return OUTPUT_MEDIA_TYPES[self.output_format]
 
     @property
     def denoising_steps(self) -> int:

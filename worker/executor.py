@@ -34,8 +34,8 @@ from celery.exceptions import SoftTimeLimitExceeded
 from PIL import Image
 
 from shared.errors import Unavailable
-from shared.images import encode_jpeg, open_image, prepare_image
-from shared.jobs import Job, input_key, output_key
+from shared.images import encode_image, open_image, prepare_image
+from shared.jobs import Job, input_key, output_key, output_media_type
 from shared.schema import GenerationParams
 from shared.settings import Settings
 from shared.storage import Storage
@@ -242,9 +242,10 @@ class JobExecutor:
     ) -> Delivered | None:
         """Encode the images and mark the job succeeded with them; None if it is not ours."""
         job = run.member.job
-        keys = [output_key(job.id, i) for i in range(len(images))]
+        params = job.params
+        keys = [output_key(job.id, i, params.output_format) for i in range(len(images))]
         try:
-            encoded = [encode_jpeg(output, self.settings.jpeg_quality) for output in images]
+            encoded = [encode_image(output, params.output_format, params.output_quality) for output in images]
         except Exception as exc:
             log.exception("job %s: failed", job.id)
             moved = self._settle(job.id, self.store.jobs.fail, job.id, run.attempt, _failure(exc))
@@ -348,11 +349,12 @@ class JobExecutor:
     def _put_all(self, keys: Sequence[str], blobs: Sequence[bytes]) -> None:
         """Write all outputs; several at once when a job has several samples."""
         if len(keys) == 1:
-            self.storage.put(keys[0], blobs[0], "image/jpeg")
+            self.storage.put(keys[0], blobs[0], output_media_type(keys[0]))
             return
         with ThreadPoolExecutor(max_workers=len(keys)) as pool:
             for done in [
-                pool.submit(self.storage.put, k, b, "image/jpeg") for k, b in zip(keys, blobs, strict=True)
+                pool.submit(self.storage.put, k, b, output_media_type(k))
+                for k, b in zip(keys, blobs, strict=True)
             ]:
                 done.result()
 

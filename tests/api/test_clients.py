@@ -198,7 +198,7 @@ def test_openai_urls_and_sizes(gateway: str) -> None:
         ({"n": 5}, "n", 400),
         ({"size": "1024x1024"}, "size", 400),
         ({"background": "transparent"}, "background", 400),
-        ({"output_format": "png"}, "output_format", 400),
+        ({"output_format": "gif"}, "output_format", 400),
         ({"mask": ("mask.png", sample_image(), "image/png")}, "mask", 400),
         ({"extra_body": {"num_inference_steps": 5}}, "num_inference_steps", 400),
         ({"extra_body": {"scheduler": "Magic"}}, "scheduler", 400),

@@ -10,7 +10,7 @@ import torch
 from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline
 from flask.testing import FlaskClient
 
-from shared.images import encode_jpeg, prepare_image
+from shared.images import encode_image, prepare_image
 from shared.settings import Settings
 from tests.conftest import TORCH_THREADS
 from tests.helpers import REFERENCE, jpeg_pixels, reference_body, sample_image
@@ -47,6 +47,6 @@ def test_service_image_equals_direct_pipeline_call(
     import base64
 
     for served_b64, ours in zip(served, direct, strict=True):
-        expected = np.asarray(jpeg_pixels(encode_jpeg(ours, settings.jpeg_quality)))
+        expected = np.asarray(jpeg_pixels(encode_image(ours, "jpeg", settings.jpeg_quality)))
         got = np.asarray(jpeg_pixels(base64.b64decode(served_b64)))
         assert np.array_equal(got, expected)

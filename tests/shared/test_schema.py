@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from shared.errors import InvalidInput
-from shared.schema import SCHEDULERS, fields, parse_request
+from shared.schema import SCHEDULERS, GenerationParams, fields, parse_request
 from shared.settings import Settings
 
 SETTINGS = Settings()
@@ -17,6 +17,14 @@ def test_defaults_follow_the_contract() -> None:
     assert (params.guidance_scale, params.strength, params.seed) == (7.5, 1.0, -1)
     assert (params.img_width, params.img_height, params.base64) == (512, 512, True)
     assert params.negative_prompt is None
+    assert (params.output_format, params.output_quality, params.media_type) == ("jpeg", 90, "image/jpeg")
+
+
+def test_a_job_stored_before_output_formats_reads_as_jpeg() -> None:
+    stored = parse_request({"image": "x", "prompt": "a cat"}, SETTINGS).params.to_dict()
+    del stored["output_format"], stored["output_quality"]
+    params = GenerationParams.from_dict(stored)
+    assert (params.output_format, params.output_quality) == ("jpeg", 90)
 
 
 def test_every_field_of_the_design_table_is_declared() -> None:
@@ -34,6 +42,8 @@ def test_every_field_of_the_design_table_is_declared() -> None:
         "img_width",
         "img_height",
         "base64",
+        "output_format",
+        "output_quality",
         "webhook",
     ]
     assert len(SCHEDULERS) == 12
