@@ -1,6 +1,7 @@
 """Administer API keys: ``python -m api.admin {create,list,add-credits,set-rate-limit,revoke}``.
 
-Reads the same settings as the gateway (``REDIS_URL``, ``KEY_PREFIX``). A new key's secret
+Reads the same settings as the gateway (``REDIS_URL``, ``KEY_PREFIX``); without ``REDIS_URL``,
+while ``make run`` runs, those of that farm (``var/local-farm.json``). A new key's secret
 is printed once, at creation; Redis keeps only its SHA-256.
 """
 
@@ -12,8 +13,8 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from shared.keys import KeyStore
+from shared.local_farm import settings_for_tools
 from shared.pricing import format_credits, to_milli
-from shared.settings import Settings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,7 +69,7 @@ def run(argv: Sequence[str], keys: KeyStore, out: TextIO) -> int:
 
 
 def main() -> None:
-    sys.exit(run(sys.argv[1:], KeyStore(Settings.from_env()), sys.stdout))
+    sys.exit(run(sys.argv[1:], KeyStore(settings_for_tools()), sys.stdout))
 
 
 if __name__ == "__main__":

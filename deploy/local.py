@@ -21,6 +21,7 @@ import signal
 import socket
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ from deploy.processes import (
     worker_argv,
 )
 from shared.keys import KeyStore, key_id_of
+from shared.local_farm import FARM_FILE, write_farm_file
 from shared.pricing import to_milli
 from shared.settings import Settings
 from shared.store import JobStore
@@ -104,12 +106,22 @@ class RedisServer(ManagedProcess):
 
 
 class S3Server(ManagedProcess):
-    """moto's S3 server on loopback, reached through boto3 over HTTP like MinIO or AWS."""
+    """moto's S3 server on loopback, reached through boto3 over HTTP like MinIO or AWS.
 
-    def __init__(self, workdir: Path, port: int | None = None):
+    moto keeps objects in memory; with ``keep`` it also writes every request it serves to
+    ``workdir/recording.jsonl`` and replays that file when it starts again, so a local farm's
+    inputs and outputs outlive a restart (the file grows with use: delete it to start empty).
+    """
+
+    def __init__(self, workdir: Path, port: int | None = None, keep: bool = False):
         self.port = port or free_port()
+        self.recording = workdir / "recording.jsonl" if keep else None
         argv = [sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(self.port)]
-        super().__init__(f"s3:{self.port}", argv, workdir / "s3.log")
+        env = dict(os.environ)
+        if self.recording is not None:
+            workdir.mkdir(parents=True, exist_ok=True)
+            env.update(MOTO_ENABLE_RECORDING="true", MOTO_RECORDER_FILEPATH=str(self.recording.resolve()))
+        super().__init__(f"s3:{self.port}", argv, workdir / "s3.log", env)
 
     @property
     def url(self) -> str:
@@ -123,6 +135,11 @@ class S3Server(ManagedProcess):
                 return True
 
         wait_until(up, timeout, self.name, self.log_file)
+        if self.recording is not None and self.recording.exists() and self.recording.stat().st_size:
+            replay = urllib.request.Request(f"{self.url}/moto-api/recorder/replay-recording", method="POST")
+            with urllib.request.urlopen(replay, timeout=600):
+                pass
+            log.info("%s: replayed %s", self.name, self.recording)
 
 
 class WorkerProcess(ManagedProcess):
@@ -264,11 +281,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     procs: list[ManagedProcess] = []
     overrides: dict[str, object] = {}
     if not os.environ.get("REDIS_URL"):
-        redis_server = RedisServer(args.var / "redis")
+        redis_server = RedisServer(args.var / "redis", appendonly=True)
         procs.append(redis_server)
         overrides["redis_url"] = redis_server.url
     if not base.s3_endpoint_url:
-        s3 = S3Server(args.var / "s3")
+        s3 = S3Server(args.var / "s3", keep=True)
         procs.append(s3)
         overrides.update(s3_endpoint_url=s3.url, s3_access_key_id="local", s3_secret_access_key="local")
     if not base.webhook_secret:
@@ -290,10 +307,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         worker.wait_ready(JobStore(settings), timeout=settings.load_timeout_seconds)
         api_key = local_api_key(settings, args.var) if settings.auth_enabled else None
         gateway.start()
-        _print_ready(gateway.url, api_key)
-        while all(p.alive() for p in (*procs, worker, notifier, gateway)):
-            time.sleep(1)
-        log.error("a process exited; stopping the farm (logs in %s)", args.var)
+        farm_file = write_farm_file(args.var / FARM_FILE.name, settings, gateway.url)
+        try:
+            _print_ready(gateway.url, api_key)
+            while all(p.alive() for p in (*procs, worker, notifier, gateway)):
+                time.sleep(1)
+            log.error("a process exited; stopping the farm (logs in %s)", args.var)
+        finally:
+            farm_file.unlink(missing_ok=True)
 
 
 def local_api_key(settings: Settings, var: Path) -> str:
