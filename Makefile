@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-unit lint bench bench-soak bench-batching bench-gpu bench-sd15-cpu gpu-kit model clean openapi workers deploy-check
+.PHONY: setup browser run test test-unit lint bench bench-soak bench-batching bench-gpu bench-sd15-cpu gpu-kit model clean openapi workers deploy-check
 
 setup: $(STAMP)
 
@@ -20,8 +20,17 @@ $(STAMP): pyproject.toml
 run: setup
 	$(PY) -m deploy.local
 
-test: setup
+test: setup browser
 	$(PY) -m pytest
+
+# The playground's browser tests need Debian's chromium and chromium-driver: installed here
+# where apt-get can (as root); elsewhere those tests are skipped (in CI they fail instead).
+browser:
+	@if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && apt-get install -y -qq chromium chromium-driver; \
+	  else echo "chromium or chromedriver missing: the browser tests will be skipped"; fi; \
+	fi
 
 # The unit tier: no process started, no model loaded (under a minute).
 test-unit: setup

@@ -481,6 +481,14 @@ ROUTES: tuple[Operation, ...] = (
     ),
     Operation(
         "GET",
+        "/",
+        "playground",
+        "The playground: try a request in a browser (its scripts and styles are under /static)",
+        "operations",
+        (Reply(200, "The page.", (("text/html", {"type": "string"}),)), *COMMON),
+    ),
+    Operation(
+        "GET",
         "/healthz",
         "healthz",
         "The gateway is alive",
