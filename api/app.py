@@ -6,7 +6,7 @@ import logging
 
 from flask import Flask
 
-from api import a1111, openai_images, ops, playground, routes, v2
+from api import a1111, openai_images, ops, opspage, playground, routes, v2
 from api.auth import init_auth
 from api.context import install
 from api.errors import register_error_handlers
@@ -40,5 +40,6 @@ def create_app(settings: Settings | None = None, service: JobService | None = No
     app.register_blueprint(openai_images.bp)
     app.register_blueprint(ops.bp)
     app.register_blueprint(playground.bp)
+    app.register_blueprint(opspage.bp)
     init_metrics(app, service)
     return app

@@ -489,6 +489,26 @@ ROUTES: tuple[Operation, ...] = (
     ),
     Operation(
         "GET",
+        "/ops",
+        "opsPage",
+        "The operator page (only with `OPS_TOKEN` set; 404 otherwise)",
+        "operations",
+        (Reply(200, "The page.", (("text/html", {"type": "string"}),)), *COMMON),
+    ),
+    Operation(
+        "GET",
+        "/ops/data",
+        "opsData",
+        "What the operator page shows: queues, ready workers, jobs by status, recent failures, counters",
+        "operations",
+        (
+            Reply(200, "The farm as the store knows it.", (("application/json", {"type": "object"}),)),
+            error(401, "Without `Authorization: Bearer <OPS_TOKEN>`."),
+            *COMMON,
+        ),
+    ),
+    Operation(
+        "GET",
         "/healthz",
         "healthz",
         "The gateway is alive",

@@ -16,7 +16,8 @@ FARM_FILE: Final = Path("var") / "local-farm.json"
 
 def write_farm_file(path: Path, settings: Settings, gateway_url: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    where = {"gateway_url": gateway_url, "redis_url": settings.redis_url, "key_prefix": settings.key_prefix}
+    env = settings.to_env()
+    where = {"gateway_url": gateway_url, "redis_url": env["REDIS_URL"], "key_prefix": env["KEY_PREFIX"]}
     path.write_text(json.dumps(where, indent=2) + "\n")
     return path
 

@@ -54,6 +54,8 @@ class Settings:
     max_prompt_chars: int = 2000
     jpeg_quality: int = 90
     public_url: str = ""
+    # The operator page (/ops) answers only with this token (Bearer); unset: the page is off.
+    ops_token: str = ""
     idempotency_ttl_seconds: int = 24 * 3600
 
     # Webhooks, delivered by a separate worker (never the GPU worker).

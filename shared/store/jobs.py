@@ -179,6 +179,7 @@ class Jobs:
                 "input": keys.input(job_id),
                 "sent": keys.sent,
                 "uploads": keys.uploads,
+                "failures": keys.failures,
             },
             args={
                 "worker": worker,
@@ -295,6 +296,7 @@ class Jobs:
                 "running": keys.running,
                 "sent": keys.sent,
                 "stats": keys.stats,
+                "failures": keys.failures,
             },
             args={
                 "allowed": " ".join(s.value for s in allowed),
@@ -322,6 +324,11 @@ class Jobs:
     def get(self, job_id: str) -> Job | None:
         data = cast(dict[str, str], self._text.hgetall(self._keys.job(job_id)))
         return Job.from_hash(data) if data else None
+
+    def recent_failures(self, count: int) -> list[Job]:
+        """The latest failed jobs, newest first (at most the last 100; expired ones left out)."""
+        ids = cast(list[str], self._text.lrange(self._keys.failures, 0, count - 1))
+        return [job for job in (self.get(job_id) for job_id in ids) if job is not None]
 
     def latest(self, owner: str = "") -> Job | None:
         """``owner``'s most recent job (with keys off, owner ``""``: anyone's), while it is kept."""

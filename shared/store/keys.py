@@ -20,6 +20,7 @@ named by kombu; :mod:`shared.store.broker` reads them.
 | ``{p}:hist:{name}`` | hash | a latency histogram's buckets and sum |
 | ``{p}:lock:{name}`` | string | a lock that lapses by itself |
 | ``{p}:idem:{owner}:{key}`` | string | an Idempotency-Key: ``{fingerprint} {job id}`` |
+| ``{p}:failures`` | list | the latest failed job ids, newest first (capped at 100) |
 | ``{p}:latest:{owner}`` | string | the id of an owner's latest job (owner empty with keys off) |
 | ``{p}:apikey:{id}`` | hash | an API key: digest, balance, rate limit, revoked |
 | ``{p}:apikeys`` | set | every API key id |
@@ -95,6 +96,10 @@ class RedisKeys:
 
     def idempotency(self, key: str) -> str:
         return self._key("idem", key)
+
+    @property
+    def failures(self) -> str:
+        return self._key("failures")
 
     def latest(self, owner: str) -> str:
         return self._key("latest", owner)

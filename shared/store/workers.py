@@ -25,6 +25,12 @@ class Workers:
     def gone(self, name: str) -> None:
         self._text.zrem(self._keys.workers, name)
 
+    def heartbeats(self, max_age: float) -> list[tuple[str, float]]:
+        """Ready workers and their last heartbeat (Unix seconds), most recent first."""
+        since = time.time() - max_age
+        beats = self._text.zrevrangebyscore(self._keys.workers, "+inf", since, withscores=True)
+        return [(str(name), float(beat)) for name, beat in cast(list[tuple[str, float]], beats)]
+
     def fresh(self, max_age: float) -> list[str]:
         """Workers whose last heartbeat is at most ``max_age`` seconds old."""
         return cast(list[str], self._text.zrangebyscore(self._keys.workers, time.time() - max_age, "+inf"))

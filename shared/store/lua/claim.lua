@@ -6,7 +6,7 @@
 -- (also to the worker that holds the lease, as the same start: a repeated call), busy (lease
 -- held), exhausted, missing, upload (succeeded, outputs not yet in S3), or the final status.
 --
--- keys: job events queued running stats input sent uploads
+-- keys: job events queued running stats input sent uploads failures
 -- args: worker lease_seconds max_attempts ttl apikey_prefix id shape_prefix
 -- include: refund
 
@@ -39,6 +39,8 @@ if attempt > tonumber(A.max_attempts) then
   refund(K.job, A.apikey_prefix)
   redis.call('XADD', K.events, 'MAXLEN', '~', 64, '*', 'status', 'failed')
   redis.call('HINCRBY', K.stats, 'jobs_failed', 1)
+  redis.call('LPUSH', K.failures, A.id)
+  redis.call('LTRIM', K.failures, 0, 99)
   return {'exhausted', attempt - 1}
 end
 redis.call('HSET', K.job, 'status', 'running', 'worker', A.worker, 'progress_step', '0')

@@ -2,10 +2,11 @@
 -- fields given and appending an event, and counts it under jobs_<new status>. A move from
 -- running with an attempt ('': any) happens only while that attempt owns the job, so a worker
 -- whose lease was taken over cannot end the job another worker runs. A failed job, or one
--- canceled before it ran, gets its charge back in the same step. Returns {1, previous
+-- canceled before it ran, gets its charge back in the same step; a failed one goes to the
+-- head of the capped list of recent failures. Returns {1, previous
 -- status} when moved, else {0, current status ('' for no job, 'another attempt')}.
 --
--- keys: job events queued running sent stats
+-- keys: job events queued running sent stats failures
 -- args: allowed new ttl id apikey_prefix attempt fields...
 -- include: refund
 
@@ -26,6 +27,10 @@ if current == 'queued' then
 end
 if current == 'running' then redis.call('ZREM', K.running, A.id) end
 if A.new == 'failed' or (A.new == 'canceled' and current == 'queued') then refund(K.job, A.apikey_prefix) end
+if A.new == 'failed' then
+  redis.call('LPUSH', K.failures, A.id)
+  redis.call('LTRIM', K.failures, 0, 99)
+end
 redis.call('XADD', K.events, 'MAXLEN', '~', 64, '*', 'status', A.new)
 redis.call('EXPIRE', K.job, A.ttl)
 redis.call('EXPIRE', K.events, A.ttl)
