@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -16,7 +17,7 @@ from selenium.webdriver.support.select import Select
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.conftest import ROOT
-from tests.helpers import sample_image
+from tests.helpers import reference_body, sample_image
 
 SCREENSHOTS = ROOT / "var" / "screenshots"
 BROWSER = ("chromium", "chromedriver")
@@ -115,16 +116,26 @@ def test_a_job_end_to_end_with_progress_seed_and_download(
     assert "requests.post(" in (browser.find_element(By.ID, "snippet").get_attribute("value") or "")
 
 
-def test_cancel_a_job(browser: webdriver.Chrome, gateway: str, tmp_path: Path) -> None:
+def test_cancel_a_queued_job(browser: webdriver.Chrome, gateway: str, tmp_path: Path) -> None:
+    # Another client's long job holds the worker, so the page's job waits in the queue.
+    blocker = requests.post(
+        f"{gateway}/v1/sd1.5-img2img",
+        json=reference_body(num_inference_steps=100, strength=1.0),
+        headers={"Prefer": "respond-async"},
+        timeout=30,
+    ).json()
     wait = open_playground(browser, gateway)
     pick_image(browser, tmp_path)
-    fill(browser, prompt="a slow sunrise", num_inference_steps="100", strength="1")
+    fill(browser, prompt="a slow sunrise")
     browser.find_element(By.ID, "submit").click()
-    wait.until(lambda b: b.find_element(By.ID, "cancel").is_enabled())
+    wait.until(lambda b: "queued" in b.find_element(By.ID, "state").text)
+    assert "ahead" in browser.find_element(By.ID, "state").text
+    browser.save_screenshot(str(SCREENSHOTS / "playground-queued.png"))
     browser.find_element(By.ID, "cancel").click()
     wait.until(lambda b: "canceled" in b.find_element(By.ID, "state").text)
     assert browser.find_elements(By.CSS_SELECTOR, "#gallery figure") == []
     browser.save_screenshot(str(SCREENSHOTS / "playground-canceled.png"))
+    requests.post(f"{gateway}/v1/jobs/{blocker['id']}/cancel", timeout=30)
 
 
 def test_a_bad_field_shows_the_apis_error(browser: webdriver.Chrome, gateway: str, tmp_path: Path) -> None:
