@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 EXTENSION: Final = "img2img.metrics"
 _STARTED: Final = "img2img.metrics.started"
 UNMATCHED: Final = "<unmatched>"
+# Methods counted by name; any other (a client may send any token) is counted as OTHER, so
+# labels stay few whatever clients send.
+KNOWN_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER_METHOD: Final = "OTHER"
 
 REQUEST_BUCKETS: Final[tuple[float, ...]] = (
     0.005,
@@ -197,8 +201,9 @@ def _record(response: Response) -> Response:
         started = request.environ.get(_STARTED)
         seconds = None if started is None else time.perf_counter() - started
         route = request.url_rule.rule if request.url_rule is not None else UNMATCHED
+        method = request.method if request.method in KNOWN_METHODS else OTHER_METHOD
         metrics: GatewayMetrics = current_app.extensions[EXTENSION]
-        metrics.observe(route, request.method, response.status_code, seconds, protocol_of(request.path))
+        metrics.observe(route, method, response.status_code, seconds, protocol_of(request.path))
     except Exception:
         log.warning("metrics: could not record a request", exc_info=True)
     return response

@@ -25,7 +25,7 @@ from shared.errors import (
     Unavailable,
 )
 from shared.images import check_image_bytes
-from shared.jobs import Job, input_key, new_job_id
+from shared.jobs import Job, input_key, is_job_id, new_job_id
 from shared.keys import KeyStore
 from shared.pricing import format_credits, job_cost_milli
 from shared.schema import RANDOM_SEED, GenerationParams
@@ -200,7 +200,10 @@ class JobService:
         self.store.blobs.input_stored(job_id)
 
     def get(self, job_id: str, owner: str | None = None) -> Job:
-        """The job, if ``owner`` may see it (another key's job is reported as missing)."""
+        """The job, if ``owner`` may see it (another key's job is reported as missing). An id
+        not of a job id's shape is missing too, before any store access."""
+        if not is_job_id(job_id):
+            raise NotFound("no such job")
         job = self.store.jobs.get(job_id)
         if job is None or (owner is not None and job.owner != owner):
             raise NotFound(f"no job {job_id}")

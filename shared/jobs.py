@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -38,8 +39,16 @@ def shape_key(params: GenerationParams) -> str:
     )
 
 
+# Job ids are uuid4 hex: exactly this shape, so a crafted id never reaches a Redis key.
+JOB_ID_SHAPE = re.compile(r"[0-9a-f]{32}")
+
+
 def new_job_id() -> str:
     return uuid.uuid4().hex
+
+
+def is_job_id(text: str) -> bool:
+    return JOB_ID_SHAPE.fullmatch(text) is not None
 
 
 def input_key(job_id: str) -> str:
