@@ -19,7 +19,7 @@ RUN pip install --no-cache-dir --disable-pip-version-check -r /tmp/requirements-
 WORKDIR /app
 COPY shared/ shared/
 COPY api/ api/
-COPY deploy/__init__.py deploy/gunicorn.conf.py deploy/processes.py deploy/
+COPY deploy/__init__.py deploy/gunicorn.conf.py deploy/processes.py deploy/gateway_worker.py deploy/
 # The webhook worker needs no torch either: it runs from this image too.
 COPY worker/__init__.py worker/notify.py worker/notify_main.py worker/
 

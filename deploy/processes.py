@@ -40,7 +40,7 @@ WORKER_APP = "worker.main"
 NOTIFIER_APP = "worker.notify_main"
 NOTIFIER_THREADS = 8
 GATEWAY_APP = "api.wsgi:app"
-GATEWAY_WORKER_CLASS = "gthread"
+GATEWAY_WORKER_CLASS = "deploy.gateway_worker.JsonErrorThreadWorker"
 GATEWAY_KEEPALIVE = 30
 
 

@@ -71,7 +71,7 @@ def test_gateway_command_line_and_its_timeouts() -> None:
         "--bind": "127.0.0.1:8123",
         "--workers": "2",
         "--threads": "5",
-        "--worker-class": "gthread",
+        "--worker-class": "deploy.gateway_worker.JsonErrorThreadWorker",
         "--timeout": "105",
         "--keep-alive": "30",
     }
