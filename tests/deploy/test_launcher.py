@@ -214,11 +214,15 @@ def test_launcher_runs_restarts_and_stops_its_workers(isolated_settings: Setting
         mains = sorted(process_children()[launcher.pid])
         assert len(mains) == 2
 
-        # Both consume the queue: four jobs at once, each worker takes some.
+        # Both consume the queue: four jobs at once, each worker takes some. Four shapes, so
+        # that one worker cannot take them all as batching partners of its first.
         service = JobService(settings)
         service.storage.ensure_bucket()
-        params = parse_request(reference_body(num_inference_steps=20, strength=0.1), settings).params
-        jobs = [service.submit(params, sample_image()) for _ in range(4)]
+        shapes = [{"num_inference_steps": 20, "strength": 0.1, "guidance_scale": 7.0 + i} for i in range(4)]
+        jobs = [
+            service.submit(parse_request(reference_body(**shape), settings).params, sample_image())
+            for shape in shapes
+        ]
         done = [store.waits.wait(job.id, 120) for job in jobs]
         assert [job.status for job in done] == [JobStatus.SUCCEEDED] * 4
         assert len({job.worker for job in done}) == 2
