@@ -11,6 +11,7 @@ from api.auth import init_auth
 from api.context import install
 from api.errors import register_error_handlers
 from api.metrics import init_metrics
+from api.proxies import ForwardedHeaders, check_public_url, trusted_networks
 from api.service import JobService
 from shared.errors import Unavailable
 from shared.fetch import ImageFetcher
@@ -22,7 +23,9 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings | None = None, service: JobService | None = None) -> Flask:
     """Build the gateway. ``settings`` default to the environment; ``service`` to real clients."""
     settings = settings or Settings.from_env()
+    check_public_url(settings)
     app = Flask(__name__)
+    app.wsgi_app = ForwardedHeaders(app.wsgi_app, trusted_networks(settings.trusted_proxies))  # type: ignore[method-assign]
     # A base64 image grows by a third; leave room for the other fields.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_image_bytes * 4 // 3 + 64 * 1024
     app.json.sort_keys = False  # type: ignore[attr-defined]

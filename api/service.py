@@ -13,6 +13,7 @@ import redis
 from celery import Celery
 from kombu.exceptions import KombuError
 
+from api.decodes import DecodeGate
 from shared.celery_app import RUN_JOB_TASK, make_celery
 from shared.errors import (
     Conflict,
@@ -24,7 +25,7 @@ from shared.errors import (
     Unauthorized,
     Unavailable,
 )
-from shared.images import check_image_bytes
+from shared.images import check_image_bytes, image_pixels
 from shared.jobs import Job, input_key, is_job_id, new_job_id
 from shared.keys import KeyStore
 from shared.pricing import format_credits, job_cost_milli
@@ -91,6 +92,7 @@ class JobService:
         self.celery = celery or make_celery(settings)
         self.webhooks = WebhookSender(settings)
         self.keys = keys or KeyStore(settings)
+        self.decodes = DecodeGate(settings.decode_budget_pixels, settings.max_decodes_per_key)
 
     def submit(
         self,
@@ -146,7 +148,20 @@ class JobService:
         carries only the id), then decode the input in full and write it to S3 while a
         worker may already be running it. The client hears back only after both: an input
         that does not decode fails the job (refunded) with a 400; if S3 refuses the input
-        and no worker has started the job, the job fails (refunded) and the client gets 503."""
+        and no worker has started the job, the job fails (refunded) and the client gets 503.
+        The decode is admitted by the process's :class:`DecodeGate` before the job is recorded."""
+        with self.decodes.admit(owner, image_pixels(image)):
+            return self._record_and_check(job_id, params, image, webhook, owner, idempotency)
+
+    def _record_and_check(
+        self,
+        job_id: str,
+        params: GenerationParams,
+        image: bytes,
+        webhook: str | None,
+        owner: str | None,
+        idempotency: Idempotency | None,
+    ) -> Job:
         if params.seed == RANDOM_SEED:
             params = replace(params, seed=secrets.randbelow(_RANDOM_SEED_BOUND))
         seeds = [params.seed + i for i in range(params.samples)]

@@ -37,6 +37,8 @@ worker_class = GATEWAY_WORKER_CLASS
 timeout = gateway_timeout(_settings.sync_wait_seconds)
 graceful_timeout = gateway_graceful_timeout(_settings.sync_wait_seconds)
 keepalive = GATEWAY_KEEPALIVE
+# X-Forwarded-Proto is believed from TRUSTED_PROXIES only (api/proxies.py does the rest).
+forwarded_allow_ips = _settings.trusted_proxies
 accesslog = "-"
 errorlog = "-"
 

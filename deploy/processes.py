@@ -89,6 +89,7 @@ def gateway_argv(settings: Settings, bind: str, workers: int, threads: int) -> l
         "--worker-class", GATEWAY_WORKER_CLASS,
         "--timeout", str(gateway_timeout(settings.sync_wait_seconds)),
         "--keep-alive", str(GATEWAY_KEEPALIVE),
+        "--forwarded-allow-ips", settings.trusted_proxies,
     ]  # fmt: skip
 
 

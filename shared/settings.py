@@ -7,7 +7,9 @@ build a :class:`Settings` with :meth:`Settings.from_env` and hand it on.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, get_args, get_origin, get_type_hints
@@ -18,6 +20,7 @@ Switch = Literal["auto", "on", "off"]
 DType = Literal["auto", "float16", "bfloat16", "float32"]
 CompileMode = Literal["auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 Warmup = Literal["auto", "full", "cfg", "basic", "off"]
+Environment = Literal["development", "production"]
 
 
 class SettingsError(ValueError):
@@ -51,9 +54,16 @@ class Settings:
     sync_wait_seconds: float = 120.0
     max_image_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 4096 * 4096
+    # The gateway decodes inputs within these bounds per process (api/decodes.py).
+    decode_budget_pixels: int = 2 * 4096 * 4096
+    max_decodes_per_key: int = 2
     max_prompt_chars: int = 2000
     jpeg_quality: int = 90
+    # Absolute URLs: PUBLIC_URL (required in production), else the request's host, with
+    # forwarded headers believed only from TRUSTED_PROXIES (api/proxies.py).
+    environment: Environment = "development"
     public_url: str = ""
+    trusted_proxies: str = ""
     # The operator page (/ops) answers only with this token (Bearer); unset: the page is off.
     ops_token: str = ""
     idempotency_ttl_seconds: int = 24 * 3600
@@ -176,6 +186,17 @@ class Settings:
             raise SettingsError("BATCH_MAX_IMAGES must be at least 1 (1 turns batching off)")
         if not 0 <= self.batch_wait_ms <= 10_000:
             raise SettingsError("BATCH_WAIT_MS must be between 0 and 10000")
+        if self.public_url and not _PUBLIC_URL.match(self.public_url):
+            raise SettingsError(
+                "PUBLIC_URL must be an http(s) URL with no query, e.g. https://img.example.com"
+            )
+        for proxy in filter(None, (part.strip() for part in self.trusted_proxies.split(","))):
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError as exc:
+                raise SettingsError(f"TRUSTED_PROXIES: {exc}") from exc
+        if self.decode_budget_pixels < 1 or self.max_decodes_per_key < 1:
+            raise SettingsError("DECODE_BUDGET_PIXELS and MAX_DECODES_PER_KEY must be at least 1")
         if self.image_url_max_redirects < 0:
             raise SettingsError("IMAGE_URL_MAX_REDIRECTS must not be negative")
 
@@ -212,6 +233,8 @@ class Settings:
         """A copy with ``changes`` applied and checked."""
         return dataclasses.replace(self, **changes)
 
+
+_PUBLIC_URL = re.compile(r"^https?://[^/?#\s]+(/[^?#\s]*)?$", re.ASCII)
 
 # The settings typed as a choice (``Literal``) and their choices.
 _CHOICES: dict[str, tuple[str, ...]] = {

@@ -64,7 +64,8 @@ def test_notifier_command_line() -> None:
 
 
 def test_gateway_command_line_and_its_timeouts() -> None:
-    argv = gateway_argv(Settings(sync_wait_seconds=45.5), "127.0.0.1:8123", workers=2, threads=5)
+    settings = Settings(sync_wait_seconds=45.5, trusted_proxies="10.0.0.0/8")
+    argv = gateway_argv(settings, "127.0.0.1:8123", workers=2, threads=5)
     assert argv[:4] == [*PYTHON_M, "gunicorn", GATEWAY_APP]
     options = dict(zip(argv[4::2], argv[5::2], strict=True))
     assert options == {
@@ -74,6 +75,7 @@ def test_gateway_command_line_and_its_timeouts() -> None:
         "--worker-class": "deploy.gateway_worker.JsonErrorThreadWorker",
         "--timeout": "105",
         "--keep-alive": "30",
+        "--forwarded-allow-ips": "10.0.0.0/8",
     }
     assert gateway_timeout(120) == 180 and gateway_graceful_timeout(120) == 130
 

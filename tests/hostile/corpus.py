@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import random
 import struct
 import sys
 import zlib
@@ -97,6 +98,51 @@ PDF = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>
 HTML = b"<!DOCTYPE html><html><body><script>alert(1)</script></body></html>"
 
 
+def png_raw(width: int, height: int, rows: bytes, interlaced: bool = False, chunk: int = 0) -> bytes:
+    """An RGB PNG of ``rows`` (filter bytes included) as is, its data cut into IDAT chunks of
+    ``chunk`` bytes (0: one)."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, int(interlaced))
+    data = zlib.compress(rows)
+    size = chunk or len(data)
+    idats = b"".join(png_chunk(b"IDAT", data[i : i + size]) for i in range(0, len(data), size))
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + idats + png_chunk(b"IEND", b"")
+
+
+ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+
+
+def adam7_rows(width: int, height: int) -> bytes:
+    """Zero rows (filter 0) of every Adam7 pass of a ``width`` x ``height`` RGB image."""
+    rows = b""
+    for x0, y0, dx, dy in ADAM7:
+        columns, count = max(0, (width - x0 + dx - 1) // dx), max(0, (height - y0 + dy - 1) // dy)
+        if columns and count:
+            rows += bytes(count * (1 + 3 * columns))
+    return rows
+
+
+def decode_floods() -> Iterator[tuple[str, bytes, int]]:
+    """Files whose containers cost a decoder seconds or hundreds of MB: each a cheap 400."""
+    big = encode(Image.new("RGB", (4096, 4096), (10, 20, 30)), "PNG")
+    yield "png_4096x4096_truncated_at_the_end", big[:-200], 400
+    whole_rows = bytes(4096 * (1 + 3 * 4096))
+    cut_stream = zlib.compress(whole_rows)[: len(zlib.compress(whole_rows)) // 2]
+    header = struct.pack(">IIBBBBB", 4096, 4096, 8, 2, 0, 0, 0)
+    whole_file = png_chunk(b"IHDR", header) + png_chunk(b"IDAT", cut_stream) + png_chunk(b"IEND", b"")
+    yield "png_4096x4096_data_cut_in_a_whole_file", b"\x89PNG\r\n\x1a\n" + whole_file, 400
+    yield "png_870k_empty_chunks", png_declaring(16, 16, extra=png_chunk(b"zzZz", b"") * 870_000), 400
+    rows = bytes(16 * (1 + 3 * 16))
+    yield "png_870k_empty_idat_chunks", png_raw(16, 16, rows)[:-12] + png_chunk(b"IDAT", b"") * 870_000, 400
+    yield "png_unknown_row_filter", png_raw(16, 16, rows[:49] + b"\x09" + rows[50:]), 400
+    yield "png_interlaced_data_short", png_raw(13, 7, adam7_rows(13, 7)[:-1], interlaced=True), 400
+    jpeg = encode(Image.new("RGB", (64, 64), (1, 2, 3)), "JPEG")
+    yield "jpeg_2_6m_comment_markers", jpeg[:2] + b"\xff\xfe\x00\x02" * 2_600_000 + jpeg[2:], 400
+    yield "jpeg_10mb_of_fill_bytes", jpeg[:2] + b"\xff" * 10_000_000 + jpeg[2:], 400
+    yield "jpeg_10mb_of_junk_between_markers", jpeg[:20] + b"\x00" * 10_000_000 + jpeg[20:], 400
+    late = jpeg[:-2] + b"\xff\xfe\x00\x02" * 2_600_000 + jpeg[-2:]
+    yield "jpeg_2_6m_comment_markers_after_the_scan", late, 400
+
+
 def _exif(orientation: int) -> bytes:
     exif = Image.Exif()
     exif[0x0112] = orientation
@@ -126,6 +172,11 @@ def accepted_samples() -> Iterator[tuple[str, bytes]]:
     yield "png_gray_alpha", encode(Image.new("LA", (16, 16), (128, 40)), "PNG")
     yield "png_1x1", encode(Image.new("RGB", (1, 1), "white"), "PNG")
     yield "png_thin_strip", encode(Image.new("RGB", (4096, 1), "white"), "PNG")
+    yield "png_interlaced", png_raw(13, 7, adam7_rows(13, 7), interlaced=True)
+    noise = random.Random(7)
+    rows = b"".join(b"\x00" + noise.randbytes(3 * 64) for _ in range(48))
+    yield "png_data_in_1000_idat_chunks", png_raw(64, 48, rows, chunk=8)
+    yield "jpeg_restart_marker_every_block", encode(picture, "JPEG", restart_marker_blocks=1)
 
 
 def refused_samples() -> Iterator[tuple[str, bytes, int]]:
@@ -170,6 +221,7 @@ def refused_samples() -> Iterator[tuple[str, bytes, int]]:
     yield "png_declares_1x2147483647", png_declaring(1, 2**31 - 1), 413
     yield "jpeg_declares_65000x65000", jpeg_declaring(65000, 65000), 413
     yield "webp_declares_16384x16384", webp_declaring(16384, 16384), 413
+    yield from decode_floods()
 
 
 def text_cases() -> Iterator[Case]:
