@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser run test test-unit lint bench bench-soak bench-batching bench-gpu bench-sd15-cpu gpu-kit model clean openapi workers deploy-check
+.PHONY: setup browser run test test-unit lint bench bench-soak bench-batching bench-submit bench-gpu bench-sd15-cpu gpu-kit model clean openapi workers deploy-check
 
 setup: $(STAMP)
 
@@ -48,6 +48,9 @@ bench-soak: setup
 
 bench-batching: setup
 	$(PY) bench/batching.py $(ARGS)
+
+bench-submit: setup
+	$(PY) bench/submit.py --json var/bench/submit.json $(ARGS)
 
 # GPU fast path figures: SD1.5 random weights on CUDA, the tiny model on CPU (ARGS="--smoke").
 bench-gpu: setup

@@ -22,7 +22,13 @@ from api.auth import current_owner
 from api.context import service
 from api.protocols import A1111_PREFIX
 from api.routes import with_job_headers
-from api.submit import accept_checked, json_body, renamed_fields, wait_for_result
+from api.submit import (
+    accept_checked,
+    json_body,
+    renamed_fields,
+    synchronous,
+    wait_for_result,
+)
 from api.views import A1111Img2ImgResult, A1111Progress, A1111ProgressState, respond
 from shared.errors import InvalidInput
 from shared.jobs import Job, JobStatus
@@ -42,10 +48,11 @@ def img2img() -> Response:
     svc = service()
     body = json_body()
     translated = to_native(body)  # its errors already name the web UI's fields
-    with renamed_fields(NATIVE_NAMES):
-        checked = parse_request(translated.body, svc.settings)
-        job = accept_checked(svc, checked)
-    job, cached = wait_for_result(svc, job)
+    with synchronous(svc):
+        with renamed_fields(NATIVE_NAMES):
+            checked = parse_request(translated.body, svc.settings)
+            job = accept_checked(svc, checked)
+        job, cached = wait_for_result(svc, job)
     images = svc.images(job, cached=cached) if translated.send_images else []
     assert isinstance(body, dict)  # to_native refused anything else
     result = A1111Img2ImgResult(

@@ -1,5 +1,10 @@
 """API keys on every ``/v1``, ``/v2`` and ``/sdapi`` route; per-key rate limits; the credits header.
 
+Each key has two rate windows a minute long: submits and other changes
+(``RATE_LIMIT_PER_MINUTE``, or the key's own limit) and reads (GET and HEAD: polls, images,
+listings; ``READ_RATE_LIMIT_PER_MINUTE``), so a client watching its jobs never uses up its
+submits. Beyond either: 429 with ``Retry-After``.
+
 A key is read from ``x-api-key``, ``Authorization: Bearer <key>`` (OpenAI's SDKs and most
 HTTP API clients) or ``Authorization: Basic`` with the key as the password and any user name
 (the web UI's clients). Health, readiness, metrics and the OpenAPI document need no key.
@@ -21,6 +26,8 @@ from shared.pricing import format_credits
 from shared.settings import Settings
 
 KEY_HEADER = "x-api-key"
+# Polls, images and listings: counted apart from submits, under their own (larger) limit.
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 KEY_SOURCES = f"{KEY_HEADER}, Authorization: Bearer <key> or Basic with the key as the password"
 
 
@@ -66,13 +73,17 @@ def init_auth(app: Flask, settings: Settings, keys: KeyStore) -> None:
         if not settings.auth_enabled or not keyed(request.path):
             return
         presented = presented_key()
-        admission = keys.admit(presented) if presented else None
+        reads = request.method in READ_METHODS
+        admission = keys.admit(presented, reads=reads) if presented else None
         if admission is None:
             raise Unauthorized(f"missing, unknown or revoked API key (send it in {KEY_SOURCES})")
         g.api_key = admission.key
-        limit = admission.key.rate_limit or settings.rate_limit_per_minute
+        if reads:
+            limit, what = settings.read_rate_limit_per_minute, "reads"
+        else:
+            limit, what = admission.key.rate_limit or settings.rate_limit_per_minute, "requests"
         if admission.count > limit:
-            raise RateLimited(f"rate limit of {limit} requests per minute reached", admission.retry_after)
+            raise RateLimited(f"rate limit of {limit} {what} per minute reached", admission.retry_after)
 
     @app.after_request
     def remaining_credits(response: Response) -> Response:

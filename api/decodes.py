@@ -1,8 +1,8 @@
 """How many input images a gateway process decodes at once, in all and per key.
 
 A job's input is decoded once the job is queued (:meth:`api.service.JobService.submit`).
-Each decode is admitted by :class:`DecodeGate` first, before the job is recorded (so a
-refusal charges nothing):
+Each decode is admitted by :class:`DecodeGate` first; a refused one takes its job back
+(failed, refunded) and the client gets the answer below:
 
 - per key, at most ``MAX_DECODES_PER_KEY`` at once in this process; one more waits up to
   :data:`KEY_WAIT_SECONDS` for one of them to end, then is a 429 with ``Retry-After``
@@ -27,7 +27,7 @@ from typing import Final
 
 from shared.errors import RateLimited, Unavailable
 
-KEY_WAIT_SECONDS: Final = 1.0
+KEY_WAIT_SECONDS: Final = 5.0
 BUDGET_WAIT_SECONDS: Final = 10.0
 _RETRY_SECONDS: Final = 1
 

@@ -17,7 +17,7 @@ from werkzeug.datastructures import FileStorage
 from api.context import base_url, service
 from api.protocols import OPENAI_PREFIX
 from api.routes import with_job_headers
-from api.submit import accept_checked, renamed_fields, wait_for_result
+from api.submit import accept_checked, renamed_fields, synchronous, wait_for_result
 from api.views import OpenAIImage, OpenAIImagesResponse, respond
 from shared.errors import InvalidInput, PayloadTooLarge
 from shared.images import check_image_header
@@ -73,10 +73,11 @@ def edits() -> Response:
     svc = service()
     image = _image(svc.settings)
     body, response_format = to_native(request.form)  # their errors already name the form's fields
-    with renamed_fields(NATIVE_NAMES):
-        checked = parse_request(body, svc.settings, with_image=False)
-        job = accept_checked(svc, checked, image)
-    job, cached = wait_for_result(svc, job)
+    with synchronous(svc):
+        with renamed_fields(NATIVE_NAMES):
+            checked = parse_request(body, svc.settings, with_image=False)
+            job = accept_checked(svc, checked, image)
+        job, cached = wait_for_result(svc, job)
     if response_format == "url":
         data = tuple(OpenAIImage(url=url) for url in image_urls(job, base_url()))
     else:

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import base64
-from typing import cast
+import math
 
 from flask import Blueprint, Response, request, url_for
 
-from api.auth import current_owner, note_balance
+from api.auth import current_owner
 from api.context import base_url, service
 from api.prefer import parse_prefer
 from api.service import JobService
-from api.submit import submit_from_request
+from api.submit import submit_from_request, watch
 from api.views import Img2ImgResult, respond
 from shared.errors import JobFailed
 from shared.jobs import Job, JobStatus, output_media_type
@@ -23,17 +23,30 @@ bp = Blueprint("gateway", __name__)
 
 @bp.post("/v1/sd1.5-img2img")
 def img2img() -> Response:
+    """Submit, then wait for the job (``Prefer: wait=N`` shortens the wait, ``respond-async``
+    skips it). A wait beyond the key's or the job's bound (:mod:`api.syncwaits`) is not held:
+    a client that sent ``Prefer`` gets the job (202), a plain Segmind client a 429."""
     svc = service()
     prefer = parse_prefer(request.headers.get("Prefer", ""))
-    job = submit_from_request(svc)
+    if prefer.respond_async:
+        return _accepted_or_finished(svc, submit_from_request(svc))
+    takes_job_url = prefer.wait is not None
+    budget = min(svc.settings.sync_wait_seconds, math.inf if prefer.wait is None else prefer.wait)
     cached: list[bytes | None] | None = None
-    if not prefer.respond_async and not job.status.terminal:
-        budget = svc.settings.sync_wait_seconds
-        if prefer.wait is not None:
-            budget = min(prefer.wait, budget)
-        watched = svc.wait(job, budget)
-        note_balance(watched.balance_milli)
-        job, cached = cast(Job, watched.job), watched.images  # wait() raises NotFound for no job
+    with svc.sync_waits.for_key(current_owner()) as key_admitted:
+        if not key_admitted and not takes_job_url:
+            raise svc.sync_waits.refusal()  # before the submit: nothing accepted
+        job = submit_from_request(svc)
+        if key_admitted and not job.status.terminal:
+            with svc.sync_waits.for_job(job.id) as job_admitted:
+                if job_admitted:
+                    job, cached = watch(svc, job, budget)
+                elif not takes_job_url:
+                    raise svc.sync_waits.refusal(job.id)
+    return _accepted_or_finished(svc, job, cached)
+
+
+def _accepted_or_finished(svc: JobService, job: Job, cached: list[bytes | None] | None = None) -> Response:
     return _finished_response(svc, job, cached) if job.status.terminal else _accepted_response(svc, job)
 
 

@@ -14,6 +14,8 @@ from celery import Celery
 from kombu.exceptions import KombuError
 
 from api.decodes import DecodeGate
+from api.offload import offloaded
+from api.syncwaits import SyncWaits
 from shared.celery_app import RUN_JOB_TASK, make_celery
 from shared.errors import (
     Conflict,
@@ -21,6 +23,7 @@ from shared.errors import (
     InvalidInput,
     NotEnoughCredits,
     NotFound,
+    RateLimited,
     ServiceError,
     Unauthorized,
     Unavailable,
@@ -93,6 +96,7 @@ class JobService:
         self.webhooks = WebhookSender(settings)
         self.keys = keys or KeyStore(settings)
         self.decodes = DecodeGate(settings.decode_budget_pixels, settings.max_decodes_per_key)
+        self.sync_waits = SyncWaits(settings.max_sync_waits_per_key, settings.max_sync_waits_per_job)
 
     def submit(
         self,
@@ -149,19 +153,8 @@ class JobService:
         worker may already be running it. The client hears back only after both: an input
         that does not decode fails the job (refunded) with a 400; if S3 refuses the input
         and no worker has started the job, the job fails (refunded) and the client gets 503.
-        The decode is admitted by the process's :class:`DecodeGate` before the job is recorded."""
-        with self.decodes.admit(owner, image_pixels(image)):
-            return self._record_and_check(job_id, params, image, webhook, owner, idempotency)
-
-    def _record_and_check(
-        self,
-        job_id: str,
-        params: GenerationParams,
-        image: bytes,
-        webhook: str | None,
-        owner: str | None,
-        idempotency: Idempotency | None,
-    ) -> Job:
+        The decode waits for the process's :class:`DecodeGate`; a decode it refuses takes the
+        job back like one that fails (429 or 503), unless a worker has it already."""
         if params.seed == RANDOM_SEED:
             params = replace(params, seed=secrets.randbelow(_RANDOM_SEED_BOUND))
         seeds = [params.seed + i for i in range(params.samples)]
@@ -185,22 +178,31 @@ class JobService:
             log.error("job %s: cannot enqueue: %s", job_id, exc)
             self.store.jobs.fail_queued(job_id, "the queue is unavailable")  # refunds the charge
             raise Unavailable("the queue is unavailable; try again") from exc
-        self._check_decodes(job_id, image)
+        self._check_decodes(job_id, image, owner)
         self._store_input(job_id, image)
         log.info("job %s: queued (%d samples)", job_id, params.samples)
         return submitted.job
 
-    def _check_decodes(self, job_id: str, image: bytes) -> None:
-        """Decode the input in full while a worker starts on the job (its header was checked
-        before the job was accepted); an image that does not decode takes the job back."""
+    def _check_decodes(self, job_id: str, image: bytes, owner: str | None) -> None:
+        """Decode the input while a worker starts on the job (its header was checked before
+        the job was accepted); an image that does not decode takes the job back, and so does
+        a decode the gate refuses, unless a worker has started the job (it decodes the image
+        itself, and fails the job visibly if it must)."""
         try:
-            check_image_bytes(image, self.settings)
+            with self.decodes.admit(owner, image_pixels(image)):
+                offloaded(check_image_bytes, image, self.settings)
         except InvalidInput as exc:
             # A worker that started the job already fails it on the same decode.
             if self.store.jobs.fail_queued(job_id, exc.message):
                 self.store.blobs.drop_input(job_id)
             log.info("job %s: taken back, the image does not decode: %s", job_id, exc.message)
             raise
+        except (RateLimited, Unavailable) as exc:
+            if self.store.jobs.fail_queued(job_id, f"not accepted: {exc.message}"):
+                self.store.blobs.drop_input(job_id)
+                log.info("job %s: taken back, its image could not be checked now: %s", job_id, exc.message)
+                raise
+            log.info("job %s: a worker has it; the worker checks its image", job_id)
 
     def _store_input(self, job_id: str, image: bytes) -> None:
         try:

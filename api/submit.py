@@ -64,28 +64,43 @@ def accept_checked(svc: JobService, checked: Img2ImgRequest, image: bytes | None
     return svc.submit(checked.params, image, webhook=webhook, idempotency_key=key, owner=current_owner())
 
 
+@contextmanager
+def synchronous(svc: JobService) -> Iterator[None]:
+    """Hold one of the key's synchronous waits while a request whose answer is its result is
+    accepted and waited for: a 429 (nothing accepted, nothing charged) when the key holds all
+    of its waits in this process."""
+    with svc.sync_waits.for_key(current_owner()) as admitted:
+        if not admitted:
+            raise svc.sync_waits.refusal()
+        yield
+
+
 def wait_for_result(svc: JobService, job: Job) -> tuple[Job, list[bytes | None] | None]:
     """The job once it succeeds (within ``SYNC_WAIT_SECONDS``), with the outputs the wait
     read; for protocols whose answer is the result. A failed or canceled job is a
     :class:`JobFailed`; one still going after the wait a 504 that names it (it goes on, and
-    ``/v1/jobs/{id}`` has it)."""
+    ``/v1/jobs/{id}`` has it); a wait beyond the key's or the job's bound a 429 naming it."""
     cached: list[bytes | None] | None = None
     if not job.status.terminal:
-        job, cached = _wait(svc, job)
+        with svc.sync_waits.for_job(job.id) as admitted:
+            if not admitted:
+                raise svc.sync_waits.refusal(job.id)
+            job, cached = watch(svc, job, svc.settings.sync_wait_seconds)
+        if not job.status.terminal:
+            raise ResultTimeout(
+                f"job {job.id} is still {job.status.value}; it goes on: GET /v1/jobs/{job.id}", job.id
+            )
     if job.status is not JobStatus.SUCCEEDED:
         raise JobFailed(job.error or f"job {job.status.value}", job.id)
     return job, cached
 
 
-def _wait(svc: JobService, job: Job) -> tuple[Job, list[bytes | None] | None]:
-    watched = svc.wait(job, svc.settings.sync_wait_seconds)
+def watch(svc: JobService, job: Job, budget: float) -> tuple[Job, list[bytes | None] | None]:
+    """The job once it ends or ``budget`` seconds pass, with the outputs the wait read; the
+    owner's balance read with it goes to the credits header."""
+    watched = svc.wait(job, budget)
     note_balance(watched.balance_milli)
-    ended = cast(Job, watched.job)  # wait() raises NotFound for no job
-    if not ended.status.terminal:
-        raise ResultTimeout(
-            f"job {job.id} is still {ended.status.value}; it goes on: GET /v1/jobs/{job.id}", job.id
-        )
-    return ended, watched.images
+    return cast(Job, watched.job), watched.images  # wait() raises NotFound for no job
 
 
 @contextmanager

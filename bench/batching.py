@@ -111,7 +111,7 @@ def main() -> None:
     results: dict[str, Any] = {"clients": args.clients, "requests_per_client": args.requests}
     for mode, max_images in (("off", 1), ("on", args.max_images)):
         settings = base.replace(batch_max_images=max_images)
-        with tempfile.TemporaryDirectory() as tmp, local_farm(settings, Path(tmp), threads=32) as farm:
+        with tempfile.TemporaryDirectory() as tmp, local_farm(settings, Path(tmp)) as farm:
             load(farm, 1, 1, body)  # first request after load pays one-off costs
             results[mode] = load(farm, args.clients, args.requests, body)
         row = results[mode]

@@ -450,7 +450,7 @@ class Bench:
         body = reference_body(img_width=size, img_height=size)
         with tempfile.TemporaryDirectory(prefix="gpu-bench-") as tmp:
             started = time.perf_counter()
-            with local_farm(settings, Path(tmp), threads=max(8, 2 * self.args.clients)) as farm:
+            with local_farm(settings, Path(tmp)) as farm:
                 startup = time.perf_counter() - started
                 local = threading.local()
 

@@ -94,7 +94,7 @@ def main() -> None:
     body = reference_body()
     path = "/v1/sd1.5-img2img"
     service, bare, overhead, paired = [], [], [], []
-    with tempfile.TemporaryDirectory() as tmp, local_farm(settings, Path(tmp), threads=8) as farm:
+    with tempfile.TemporaryDirectory() as tmp, local_farm(settings, Path(tmp)) as farm:
         key, _ = KeyStore(farm.settings).create("bench", 10**12)
         # The overhead includes key checks, rate limit and charge.
         headers = {"x-api-key": key, "Content-Type": "application/json"}

@@ -81,7 +81,7 @@ def through_the_service(model: Path, steps: int, strength: float) -> dict[str, A
     body = reference_body(num_inference_steps=steps, strength=strength, base64=False)
     with tempfile.TemporaryDirectory(prefix="sd15-cpu-") as tmp:
         started = time.perf_counter()
-        with local_farm(settings, Path(tmp), workers=1, threads=4) as farm:
+        with local_farm(settings, Path(tmp), workers=1) as farm:
             startup = time.perf_counter() - started
             begun = time.perf_counter()
             reply = requests.post(f"{farm.url}/v1/sd1.5-img2img", json=body, timeout=3600)

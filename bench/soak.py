@@ -259,7 +259,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         if args.scenario == "kills":
-            with local_farm(settings, workdir, workers=2, threads=16) as farm:
+            with local_farm(settings, workdir, workers=2) as farm:
                 result = Soak(farm, args.clients, args.minutes * 60, args.kill_every, workdir / "log").run()
         else:
             cold = settings.replace(
@@ -268,7 +268,7 @@ def main() -> None:
                 task_time_limit=60,
                 visibility_timeout=120,
             )
-            with local_farm(cold, workdir, workers=0, threads=16) as farm:
+            with local_farm(cold, workdir, workers=0) as farm:
                 result = ColdStart(farm, args.jobs, args.workers, args.load_seconds, workdir / "log").run()
     out = sys.stdout
     out.write(

@@ -1,8 +1,9 @@
 """gunicorn settings of the gateway image: ``gunicorn -c deploy/gunicorn.conf.py api.wsgi:app``.
 
-Processes and threads come from the ``GATEWAY_WORKERS`` and ``GATEWAY_THREADS`` settings.
-Every synchronous request holds one thread while it waits (up to ``SYNC_WAIT_SECONDS``),
-so ``GATEWAY_WORKERS * GATEWAY_THREADS`` is the number of clients that can wait at once.
+Processes and connections come from the ``GATEWAY_WORKERS`` and ``GATEWAY_CONNECTIONS``
+settings. The worker is gevent's: a synchronous request waiting for its job (up to
+``SYNC_WAIT_SECONDS``) holds a greenlet, not a thread, so ``GATEWAY_WORKERS *
+GATEWAY_CONNECTIONS`` clients can wait at once.
 
 The worker class, timeouts and keep-alive come from ``deploy.processes``, which also builds
 the command line of the gateway ``make run`` and the tests start (the image copies it).
@@ -31,7 +32,7 @@ _metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
 
 bind = "0.0.0.0:8000"  # --bind on the command line overrides it
 workers = _settings.gateway_workers
-threads = _settings.gateway_threads
+worker_connections = _settings.gateway_connections
 worker_class = GATEWAY_WORKER_CLASS
 # A synchronous request may legitimately wait SYNC_WAIT_SECONDS; let it finish on shutdown too.
 timeout = gateway_timeout(_settings.sync_wait_seconds)

@@ -183,13 +183,11 @@ class NotifierProcess(ManagedProcess):
 
 
 class GatewayProcess(ManagedProcess):
-    """The gateway under gunicorn with threaded workers."""
+    """The gateway under gunicorn's gevent worker (``workers`` processes)."""
 
-    def __init__(
-        self, settings: Settings, workdir: Path, port: int | None = None, workers: int = 1, threads: int = 32
-    ):
+    def __init__(self, settings: Settings, workdir: Path, port: int | None = None, workers: int = 1):
         self.port = port or free_port()
-        argv = gateway_argv(settings, f"{LOOPBACK}:{self.port}", workers, threads)
+        argv = gateway_argv(settings, f"{LOOPBACK}:{self.port}", workers)
         super().__init__(f"gateway:{self.port}", argv, workdir / "gateway.log", service_env(settings))
 
     @property
@@ -233,9 +231,7 @@ class Farm:
 
 
 @contextlib.contextmanager
-def local_farm(
-    settings: Settings, workdir: Path, workers: int = 1, gateway: bool = True, threads: int = 32
-) -> Iterator[Farm]:
+def local_farm(settings: Settings, workdir: Path, workers: int = 1, gateway: bool = True) -> Iterator[Farm]:
     """Redis, S3, ``workers`` workers and (optionally) a gunicorn gateway, all on loopback."""
     with contextlib.ExitStack() as stack:
         redis_server = RedisServer(workdir / "redis")
@@ -262,7 +258,7 @@ def local_farm(
         stack.callback(notifier.stop)
         notifier.start()
         if gateway:
-            farm.gateway = GatewayProcess(settings, workdir / "log", threads=threads)
+            farm.gateway = GatewayProcess(settings, workdir / "log")
             stack.callback(farm.gateway.stop)
             farm.gateway.start()
         yield farm
@@ -298,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         ensure_tiny_model(Path(settings.model_dir))
     worker = WorkerProcess(settings, args.var / "log")
     notifier = NotifierProcess(settings, args.var / "log")
-    gateway = GatewayProcess(settings, args.var / "log", port=args.port, threads=32)
+    gateway = GatewayProcess(settings, args.var / "log", port=args.port)
     with stopping(*procs, worker, notifier, gateway), contextlib.suppress(KeyboardInterrupt):
         for proc in procs:
             proc.start()

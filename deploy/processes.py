@@ -40,7 +40,7 @@ WORKER_APP = "worker.main"
 NOTIFIER_APP = "worker.notify_main"
 NOTIFIER_THREADS = 8
 GATEWAY_APP = "api.wsgi:app"
-GATEWAY_WORKER_CLASS = "deploy.gateway_worker.JsonErrorThreadWorker"
+GATEWAY_WORKER_CLASS = "deploy.gateway_worker.JsonErrorGeventWorker"
 GATEWAY_KEEPALIVE = 30
 
 
@@ -77,15 +77,18 @@ def gateway_graceful_timeout(sync_wait_seconds: float) -> int:
     return int(sync_wait_seconds) + 10
 
 
-def gateway_argv(settings: Settings, bind: str, workers: int, threads: int) -> list[str]:
-    """The gateway under gunicorn with threaded workers, every option on the command line.
+def gateway_argv(settings: Settings, bind: str, workers: int | None = None) -> list[str]:
+    """The gateway under gunicorn's gevent worker, every option on the command line:
+    ``workers`` processes (default ``GATEWAY_WORKERS``), each holding up to
+    ``GATEWAY_CONNECTIONS`` clients at once.
 
     The gateway image runs ``gunicorn -c deploy/gunicorn.conf.py api.wsgi:app`` instead,
-    whose worker class, timeout and keep-alive are the ones used here.
+    whose worker class, timeouts and keep-alive are the ones used here.
     """
     return [
         sys.executable, "-m", "gunicorn", GATEWAY_APP,
-        "--bind", bind, "--workers", str(workers), "--threads", str(threads),
+        "--bind", bind, "--workers", str(workers or settings.gateway_workers),
+        "--worker-connections", str(settings.gateway_connections),
         "--worker-class", GATEWAY_WORKER_CLASS,
         "--timeout", str(gateway_timeout(settings.sync_wait_seconds)),
         "--keep-alive", str(GATEWAY_KEEPALIVE),

@@ -20,6 +20,7 @@ from typing import Any, cast
 import redis
 
 from shared.settings import Settings
+from shared.store.clients import connect
 from shared.store.keys import RedisKeys
 from shared.store.scripts import Script
 
@@ -75,9 +76,7 @@ class KeyStore:
 
     def __init__(self, settings: Settings, client: redis.Redis | None = None) -> None:
         self._keys = RedisKeys(settings.key_prefix)
-        self._redis = client or redis.Redis.from_url(
-            settings.redis_url, decode_responses=True, socket_timeout=10, socket_connect_timeout=5
-        )
+        self._redis = client or connect(settings, decode=True, socket_timeout=10)
         self._authenticate = Script(self._redis, "authenticate")
 
     def _key(self, key_id: str) -> str:
@@ -143,19 +142,20 @@ class KeyStore:
         admission = self._check(key, 0)
         return admission.key if admission is not None else None
 
-    def admit(self, key: str, window_seconds: int = 60) -> Admission | None:
-        """Authenticate ``key`` and count a request in its rate-limit window, in one round
-        trip; None (and nothing counted) when the key is not valid or revoked."""
-        return self._check(key, window_seconds)
+    def admit(self, key: str, window_seconds: int = 60, reads: bool = False) -> Admission | None:
+        """Authenticate ``key`` and count a request in its rate-limit window (its reads'
+        window with ``reads``), in one round trip; None (and nothing counted) when the key
+        is not valid or revoked."""
+        return self._check(key, window_seconds, reads)
 
-    def _check(self, key: str, window_seconds: int) -> Admission | None:
+    def _check(self, key: str, window_seconds: int, reads: bool = False) -> Admission | None:
         key_id = key_id_of(key)
         if key_id is None:
             return None
         now = time.time()
         window = int(now // window_seconds) if window_seconds else 0
         reply = self._authenticate(
-            keys={"apikey": self._key(key_id), "window": self._keys.rate_window(key_id, window)},
+            keys={"apikey": self._key(key_id), "window": self._keys.rate_window(key_id, window, reads)},
             args={"digest": digest(key), "window_seconds": window_seconds},
         )
         if not reply:

@@ -52,11 +52,14 @@ class Settings:
     # Request limits and waiting.
     allowed_sizes: tuple[int, ...] = (512, 768)
     sync_wait_seconds: float = 120.0
+    # Synchronous waits one gateway process holds at once per key and per job (api/syncwaits.py).
+    max_sync_waits_per_key: int = 256
+    max_sync_waits_per_job: int = 32
     max_image_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 4096 * 4096
     # The gateway decodes inputs within these bounds per process (api/decodes.py).
     decode_budget_pixels: int = 2 * 4096 * 4096
-    max_decodes_per_key: int = 2
+    max_decodes_per_key: int = 4
     max_prompt_chars: int = 2000
     jpeg_quality: int = 90
     # Absolute URLs: PUBLIC_URL (required in production), else the request's host, with
@@ -93,6 +96,8 @@ class Settings:
     price_per_job: float = 0.0
     price_per_step: float = 0.01
     rate_limit_per_minute: int = 120
+    # Reads (polls, images, listings) have their own window per key (api/auth.py).
+    read_rate_limit_per_minute: int = 1200
     max_queue_depth: int = 1000
 
     # Worker.
@@ -137,9 +142,10 @@ class Settings:
     # largest call); calls are cut to these sizes so that no request compiles.
     warmup_images: tuple[int, ...] = ()
 
-    # Gateway under gunicorn (deploy/gunicorn.conf.py): each thread holds one waiting request.
+    # Gateway under gunicorn's gevent worker (deploy/gunicorn.conf.py): each process holds up
+    # to GATEWAY_CONNECTIONS clients at once, waiting ones included (a greenlet each).
     gateway_workers: int = 2
-    gateway_threads: int = 32
+    gateway_connections: int = 2000
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -195,6 +201,10 @@ class Settings:
                 ipaddress.ip_network(proxy, strict=False)
             except ValueError as exc:
                 raise SettingsError(f"TRUSTED_PROXIES: {exc}") from exc
+        if min(self.max_sync_waits_per_key, self.max_sync_waits_per_job, self.gateway_connections) < 1:
+            raise SettingsError(
+                "MAX_SYNC_WAITS_PER_KEY, MAX_SYNC_WAITS_PER_JOB and GATEWAY_CONNECTIONS must be positive"
+            )
         if self.decode_budget_pixels < 1 or self.max_decodes_per_key < 1:
             raise SettingsError("DECODE_BUDGET_PIXELS and MAX_DECODES_PER_KEY must be at least 1")
         if self.image_url_max_redirects < 0:

@@ -36,7 +36,7 @@ class Storage:
                 retries={"max_attempts": 3, "mode": "standard"},
                 connect_timeout=5,
                 read_timeout=30,
-                max_pool_connections=64,
+                max_pool_connections=256,  # a gevent gateway stores many inputs at once
                 s3={"addressing_style": "path"},
             ),
         )

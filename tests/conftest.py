@@ -142,7 +142,7 @@ def gateway(
     settings: Settings, worker: WorkerProcess, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     """The main farm's gateway under gunicorn, as ``make run`` serves it; yields its URL."""
-    proc = GatewayProcess(settings, tmp_path_factory.mktemp("gateway"), threads=16)
+    proc = GatewayProcess(settings, tmp_path_factory.mktemp("gateway"))
     proc.start()
     yield proc.url
     proc.stop()

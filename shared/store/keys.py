@@ -117,5 +117,6 @@ class RedisKeys:
     def apikeys(self) -> str:
         return self._key("apikeys")
 
-    def rate_window(self, key_id: str, window: int) -> str:
-        return self._key("rate", key_id, str(window))
+    def rate_window(self, key_id: str, window: int, reads: bool = False) -> str:
+        """The counter of a key's submits (or reads) in one rate-limit window."""
+        return self._key("reads" if reads else "rate", key_id, str(window))

@@ -109,7 +109,7 @@ def test_price_follows_samples_steps_and_size(keyed_settings: Settings) -> None:
 def keyed_gateway(
     keyed_settings: Settings, worker: WorkerProcess, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    proc = GatewayProcess(keyed_settings, tmp_path_factory.mktemp("keyed"), workers=2, threads=32)
+    proc = GatewayProcess(keyed_settings, tmp_path_factory.mktemp("keyed"), workers=2)
     proc.start()
     yield proc.url
     proc.stop()
@@ -236,16 +236,39 @@ def test_rate_limit_per_key(keyed: Flask, keyed_settings: Settings) -> None:
     client = keyed.test_client()
     limited, limited_id = new_key(keyed_settings, rate_limit=5)
     other, _ = new_key(keyed_settings, rate_limit=5)
-    for _ in range(5):
-        assert client.get("/v1/jobs/none", headers={"x-api-key": limited}).status_code == 404
-    blocked = client.get("/v1/jobs/none", headers={"x-api-key": limited})
+    for _ in range(5):  # a refused body still counts: the key was checked
+        assert client.post(URL, json={}, headers={"x-api-key": limited}).status_code == 400
+    blocked = client.post(URL, json={}, headers={"x-api-key": limited})
     assert blocked.status_code == 429
     assert 1 <= int(blocked.headers["Retry-After"]) <= 61
     assert "5 requests per minute" in blocked.get_json()["error"]
-    assert client.get("/v1/jobs/none", headers={"x-api-key": other}).status_code == 404
+    assert client.post(URL, json={}, headers={"x-api-key": other}).status_code == 400
     out = io.StringIO()
     admin(["set-rate-limit", limited_id, "100"], KeyStore(keyed_settings), out)
-    assert client.get("/v1/jobs/none", headers={"x-api-key": limited}).status_code == 404
+    assert client.post(URL, json={}, headers={"x-api-key": limited}).status_code == 400
+
+
+def test_a_client_polling_five_times_a_second_for_a_minute_can_still_submit(
+    keyed_settings: Settings, worker: WorkerProcess
+) -> None:
+    """Reads count in their own window: 300 polls (a minute at 5 a second, all in one window
+    here) leave the key's 2 submits a minute untouched; reads beyond their own limit are 429."""
+    from api.app import create_app
+
+    client = create_app(keyed_settings.replace(read_rate_limit_per_minute=300)).test_client()
+    key, _ = new_key(keyed_settings, rate_limit=2)
+    headers = {"x-api-key": key}
+    job = client.post(URL, json=reference_body(), headers={**headers, **ASYNC})
+    assert job.status_code == 202, job.get_data(as_text=True)
+    for _ in range(300):
+        assert client.get(f"/v1/jobs/{job.get_json()['id']}", headers=headers).status_code == 200
+    polled_out = client.get(f"/v1/jobs/{job.get_json()['id']}", headers=headers)
+    assert polled_out.status_code == 429
+    assert "300 reads per minute" in polled_out.get_json()["error"]
+    assert 1 <= int(polled_out.headers["Retry-After"]) <= 61
+    second = client.post(URL, json=reference_body(), headers={**headers, **ASYNC})
+    assert second.status_code == 202, second.get_data(as_text=True)
+    assert client.post(URL, json=reference_body(), headers={**headers, **ASYNC}).status_code == 429
 
 
 def test_wrong_secrets_do_not_use_up_a_keys_rate_limit(keyed: Flask, keyed_settings: Settings) -> None:
@@ -253,10 +276,10 @@ def test_wrong_secrets_do_not_use_up_a_keys_rate_limit(keyed: Flask, keyed_setti
     key, key_id = new_key(keyed_settings, rate_limit=2)
     forged = key[:-4] + ("AAAA" if not key.endswith("AAAA") else "BBBB")
     for _ in range(5):
-        assert client.get("/v1/jobs/none", headers={"x-api-key": forged}).status_code == 401
+        assert client.post(URL, json={}, headers={"x-api-key": forged}).status_code == 401
     for _ in range(2):
-        assert client.get("/v1/jobs/none", headers={"x-api-key": key}).status_code == 404
-    assert client.get("/v1/jobs/none", headers={"x-api-key": key}).status_code == 429
+        assert client.post(URL, json={}, headers={"x-api-key": key}).status_code == 400
+    assert client.post(URL, json={}, headers={"x-api-key": key}).status_code == 429
     keys = KeyStore(keyed_settings)
     admission = keys.admit(key)
     assert admission is not None and admission.key.id == key_id and admission.count == 4

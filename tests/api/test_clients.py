@@ -37,7 +37,7 @@ def keyed(
     credits and its settings."""
     keyed_settings = settings.replace(auth_enabled=True)
     secret, _ = KeyStore(keyed_settings).create("clients", 1_000_000)
-    proc = GatewayProcess(keyed_settings, tmp_path_factory.mktemp("keyed-clients"), threads=8)
+    proc = GatewayProcess(keyed_settings, tmp_path_factory.mktemp("keyed-clients"))
     proc.start()
     yield proc.url, secret, keyed_settings
     proc.stop()
@@ -241,7 +241,7 @@ def test_openai_generation_failure_is_not_retried(
     """The faulty farm's worker fails prompts with [fail]: the SDK gets one 500 and stops."""
     settings = base_settings.replace(queue_name="img2img-faulty", key_prefix="t-faulty")
     store = JobStore(settings)
-    gateway = GatewayProcess(settings, tmp_path, threads=4)
+    gateway = GatewayProcess(settings, tmp_path)
     gateway.start()
     try:
         before = store.counters.all().get("jobs_queued", 0)

@@ -249,8 +249,8 @@ def test_error_bodies(farm: Farm) -> None:
         broke = idle.post(URL, json=reference_body(image=SMALL), headers=farm.key(credits_milli=0))
         assert broke.status_code == 406 and {"balance", "cost"} <= set(broke.get_json())
         limited = farm.key(rate_limit=1)
-        assert idle.get("/v1/jobs/nope", headers=limited).status_code == 404
-        assert idle.get("/v1/jobs/nope", headers=limited).status_code == 429
+        assert idle.post(URL, json={}, headers=limited).status_code == 400
+        assert idle.post(URL, json={}, headers=limited).status_code == 429
 
 
 def test_failed_jobs(faulty_farm: Flask) -> None:

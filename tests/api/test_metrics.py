@@ -143,7 +143,7 @@ def test_gunicorn_processes_add_up(
     (metrics_dir / "stale.db").write_bytes(b"left from an earlier run")
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
     port = free_port()
-    settings = isolated_settings.replace(gateway_workers=2, gateway_threads=4)
+    settings = isolated_settings.replace(gateway_workers=2)
     argv = [
         sys.executable,
         "-m",

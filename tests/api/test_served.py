@@ -1,4 +1,4 @@
-"""The gateway as ``make run`` serves it: gunicorn with threads, over real HTTP."""
+"""The gateway as ``make run`` serves it: gunicorn (gevent), over real HTTP."""
 
 from __future__ import annotations
 

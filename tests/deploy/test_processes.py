@@ -65,14 +65,14 @@ def test_notifier_command_line() -> None:
 
 def test_gateway_command_line_and_its_timeouts() -> None:
     settings = Settings(sync_wait_seconds=45.5, trusted_proxies="10.0.0.0/8")
-    argv = gateway_argv(settings, "127.0.0.1:8123", workers=2, threads=5)
+    argv = gateway_argv(settings, "127.0.0.1:8123", workers=2)
     assert argv[:4] == [*PYTHON_M, "gunicorn", GATEWAY_APP]
     options = dict(zip(argv[4::2], argv[5::2], strict=True))
     assert options == {
         "--bind": "127.0.0.1:8123",
         "--workers": "2",
-        "--threads": "5",
-        "--worker-class": "deploy.gateway_worker.JsonErrorThreadWorker",
+        "--worker-connections": "2000",
+        "--worker-class": "deploy.gateway_worker.JsonErrorGeventWorker",
         "--timeout": "105",
         "--keep-alive": "30",
         "--forwarded-allow-ips": "10.0.0.0/8",
@@ -94,20 +94,24 @@ def gunicorn_config(args: list[str], monkeypatch: pytest.MonkeyPatch) -> tuple[s
 def test_gateway_image_and_local_gateway_run_gunicorn_alike(monkeypatch: pytest.MonkeyPatch) -> None:
     """The image's ``gunicorn -c deploy/gunicorn.conf.py`` and ``gateway_argv`` agree on every
     option both set: gunicorn reads them, settings from the environment as in a container."""
-    settings = Settings(sync_wait_seconds=33, gateway_workers=3, gateway_threads=7)
+    settings = Settings(sync_wait_seconds=33, gateway_workers=3, gateway_connections=700)
     for key, value in settings.to_env().items():
         monkeypatch.setenv(key, value)
     (cmd,) = instructions("gateway.Dockerfile", "CMD")
     image = json.loads(cmd)
     assert image[0] == "gunicorn"
     image_app, image_cfg = gunicorn_config(image[1:], monkeypatch)
-    local = gateway_argv(settings, "127.0.0.1:8123", settings.gateway_workers, settings.gateway_threads)
+    local = gateway_argv(settings, "127.0.0.1:8123")
     assert local[: len(PYTHON_M) + 1] == [*PYTHON_M, "gunicorn"]
     local_app, local_cfg = gunicorn_config(local[len(PYTHON_M) + 1 :], monkeypatch)
     assert image_app == local_app == GATEWAY_APP
-    for option in ("worker_class_str", "timeout", "keepalive", "workers", "threads"):
+    for option in ("worker_class_str", "timeout", "keepalive", "workers", "worker_connections"):
         assert getattr(image_cfg, option) == getattr(local_cfg, option), option
-    assert image_cfg.timeout == gateway_timeout(33) and image_cfg.workers == 3 and image_cfg.threads == 7
+    assert (
+        image_cfg.timeout == gateway_timeout(33)
+        and image_cfg.workers == 3
+        and image_cfg.worker_connections == 700
+    )
     assert image_cfg.graceful_timeout == gateway_graceful_timeout(33)
 
 

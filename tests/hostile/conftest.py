@@ -23,7 +23,7 @@ def unserved_settings(base_settings: Settings) -> Settings:
 @pytest.fixture(scope="session")
 def unserved_gateway(unserved_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The gateway under gunicorn, as deployed, in front of the unserved queue."""
-    proc = GatewayProcess(unserved_settings, tmp_path_factory.mktemp("hostile-gateway"), threads=8)
+    proc = GatewayProcess(unserved_settings, tmp_path_factory.mktemp("hostile-gateway"))
     proc.start()
     yield proc.url
     proc.stop()

@@ -18,7 +18,9 @@ import requests
 from PIL import Image
 
 from deploy.local import GatewayProcess
-from shared.keys import KeyStore
+from shared.keys import KeyStore, key_id_of
+from shared.pricing import job_cost_milli
+from shared.schema import parse_request
 from shared.settings import Settings
 from tests.helpers import REFERENCE, sample_image
 from tests.hostile.corpus import b64, decode_floods, encode
@@ -35,7 +37,7 @@ class Gateway:
 
     def __init__(self, settings: Settings, workdir: Path) -> None:
         self.settings = settings
-        self.proc = GatewayProcess(settings, workdir, threads=32)
+        self.proc = GatewayProcess(settings, workdir)
 
     def __enter__(self) -> Gateway:
         self.proc.start()
@@ -119,12 +121,13 @@ def test_a_10_mb_container_flood_costs_a_fraction_of_a_second(gateway: Gateway, 
 
 
 def test_one_keys_decodes_wait_their_turn_and_others_go_on(gateway: Gateway) -> None:
-    """MAX_DECODES_PER_KEY=1: a key's 16 large images at once are checked one at a time; those
-    still waiting after a second are 429 with Retry-After, and another key is not held up."""
+    """MAX_DECODES_PER_KEY=1: a key's 64 large images at once are checked one at a time; those
+    still waiting after 5 s are 429 with Retry-After (their jobs taken back), and another key
+    is not held up."""
     flooder, other = gateway.key(), gateway.key()
     big = encode(Image.new("RGB", (4096, 4096), (9, 8, 7)), "PNG")  # 60 KB; about 0.1 s to check
     with ThreadPoolExecutor(1) as pool:
-        flood = pool.submit(gateway.post_all, [big] * 16, [flooder] * 16)
+        flood = pool.submit(gateway.post_all, [big] * 64, [flooder] * 64)
         time.sleep(0.2)
         started = time.monotonic()
         reply = gateway.post(sample_image((64, 48)), other)
@@ -137,3 +140,9 @@ def test_one_keys_decodes_wait_their_turn_and_others_go_on(gateway: Gateway) -> 
     limited = [a for a in answers if a.status_code == 429]
     assert all(int(a.headers["Retry-After"]) >= 1 for a in limited)
     assert all("at once" in a.json()["error"] for a in limited)
+    # The refused ones were taken back: the key paid for the accepted jobs only.
+    keys = KeyStore(gateway.settings)
+    accepted = statuses.count(202)
+    charged = 10**9 - keys.balance(key_id_of(flooder) or "")
+    params = parse_request({**REFERENCE, "image": b64(big)}, gateway.settings).params
+    assert charged == accepted * job_cost_milli(params, gateway.settings)

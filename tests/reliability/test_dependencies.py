@@ -150,7 +150,7 @@ def post_when_up(url: str, body: dict[str, object], headers: dict[str, str]) -> 
 
 def test_gateway_restart_while_a_client_waits(fault_settings: Settings, tmp_path: Path) -> None:
     worker = start_worker(fault_settings, tmp_path, "behind-gateway")
-    gateway = GatewayProcess(fault_settings, tmp_path, threads=4)
+    gateway = GatewayProcess(fault_settings, tmp_path)
     gateway.start()
     farm = Farm(fault_settings)
     body = reference_body(img_width=768, img_height=768, **LONG)
@@ -162,7 +162,7 @@ def test_gateway_restart_while_a_client_waits(fault_settings: Settings, tmp_path
         with pytest.raises(requests.RequestException):
             requests.post(f"{gateway.url}/v1/sd1.5-img2img", json=body, headers=key, timeout=60)
         gateway.stop()  # reap the killed process
-        gateway = GatewayProcess(fault_settings, tmp_path, threads=4)
+        gateway = GatewayProcess(fault_settings, tmp_path)
         gateway.start()
         again = post_when_up(f"{gateway.url}/v1/sd1.5-img2img", body, {**key, "Prefer": "respond-async"})
         assert again.status_code in (200, 202)
