@@ -40,6 +40,7 @@ from bench.stats import percentile  # noqa: E402
 from deploy.local import GatewayProcess, RedisServer, S3Server  # noqa: E402
 from shared.keys import KeyStore  # noqa: E402
 from shared.settings import Settings  # noqa: E402
+from shared.store import JobStore  # noqa: E402
 from tests.helpers import reference_body  # noqa: E402
 
 URL = "/v1/sd1.5-img2img"
@@ -160,23 +161,31 @@ def submit_rate(base: Settings, gateways: int, connections: int, seconds: float)
 
 
 async def hold_waiters(
-    port: int, keys: list[str], n: int, probe_seconds: float, probe: Probe
+    port: int, keys: list[str], n: int, probe_seconds: float, probe: Probe, store: JobStore
 ) -> dict[str, int]:
-    """Open ``n`` synchronous submits at once and keep them waiting while ``probe`` runs."""
+    """Open ``n`` synchronous submits (100 every 0.75 s, under the submit rate) and keep them
+    all waiting while ``probe`` runs."""
     opened = []
     for i in range(n):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(request_bytes(port, {"x-api-key": keys[i % len(keys)]}))
         opened.append((reader, writer))
-    await asyncio.sleep(2)
+        if i % 100 == 99:
+            await asyncio.sleep(0.75)
+    deadline = time.monotonic() + 300
+    while store.counters.all().get("jobs_queued", 0) < n + 1 and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)  # until every client's job is recorded and its wait begun
+    await asyncio.sleep(1)
     await asyncio.to_thread(probe.run, probe_seconds)
-    early: dict[str, int] = {"answered_early": 0}
-    for reader, writer in opened:
-        try:
-            await asyncio.wait_for(read_answer(reader), 0.001)
-            early["answered_early"] += 1
-        except (TimeoutError, asyncio.IncompleteReadError):
-            pass
+    reads = [asyncio.ensure_future(read_answer(reader)) for reader, _ in opened]
+    done, pending = await asyncio.wait(reads, timeout=1.0)  # answers already in: ended early
+    early: dict[str, int] = {}
+    for task in done:
+        status = str(task.result()) if task.exception() is None else "closed"
+        early[status] = early.get(status, 0) + 1
+    for task in pending:
+        task.cancel()
+    for _, writer in opened:
         writer.close()
     return early
 
@@ -204,9 +213,10 @@ class Probe:
 
 
 def waiting_clients(base: Settings, n: int, probe_seconds: float) -> dict[str, object]:
-    settings = base.replace(sync_wait_seconds=600, max_sync_waits_per_key=256)
+    # Room for the waiting clients and the probe (GATEWAY_CONNECTIONS bounds a process's clients).
+    settings = base.replace(sync_wait_seconds=600, max_sync_waits_per_key=256, gateway_connections=n + 100)
     with tempfile.TemporaryDirectory() as tmp, stack(settings, Path(tmp), 1) as farm:
-        keys = [farm.key(f"bench-wait-{i}") for i in range(n // 200 + 1)]
+        keys = [farm.key(f"bench-wait-{i}") for i in range(n // 50 + 1)]  # under the per-key bounds
         probe_key = farm.key("bench-probe")
         queued = requests.post(
             farm.gateway.url + URL, data=BODY, timeout=30,
@@ -214,12 +224,13 @@ def waiting_clients(base: Settings, n: int, probe_seconds: float) -> dict[str, o
         )  # fmt: skip
         probe = Probe(farm.gateway.url, probe_key, queued.json()["id"])
         started = time.monotonic()
-        early = asyncio.run(hold_waiters(farm.gateway.port, keys, n, probe_seconds, probe))
+        store = JobStore(farm.settings)
+        early = asyncio.run(hold_waiters(farm.gateway.port, keys, n, probe_seconds, probe, store))
         took = time.monotonic() - started
     return {
         "waiting": n,
         "seconds": took,
-        **early,
+        "answered_early": early,
         "health_p50_ms": percentile(probe.health, 50) * 1000,
         "health_max_ms": max(probe.health) * 1000,
         "poll_p50_ms": percentile(probe.poll, 50) * 1000,

@@ -59,7 +59,7 @@ def farm(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> I
     proc = GatewayProcess(settings, tmp_path_factory.mktemp("load"))  # one process
     proc.start()
     yield Farm(settings, proc.url, "127.0.0.1", proc.port)
-    proc.stop()
+    proc.stop(timeout=2)  # the waits left behind by the tests would hold a graceful stop for 45 s
 
 
 @dataclass
