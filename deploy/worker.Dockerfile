@@ -13,8 +13,11 @@ FROM ${BASE_IMAGE}
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=""
 
+# gcc, libc6-dev and python3-dev: torch.compile's Triton builds a small C module at the first
+# kernel launch; without a compiler and Python's headers every GPU worker fails to load.
 RUN apt-get update \
-    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 python3-venv \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        python3 python3-venv python3-dev gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/* \
     && python3 -m venv /opt/venv \
     && useradd --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin app \

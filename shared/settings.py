@@ -192,6 +192,13 @@ class Settings:
             raise SettingsError("BATCH_MAX_IMAGES must be at least 1 (1 turns batching off)")
         if not 0 <= self.batch_wait_ms <= 10_000:
             raise SettingsError("BATCH_WAIT_MS must be between 0 and 10000")
+        if self.environment == "production":
+            placeholders = [name.upper() for name in _SECRETS if PLACEHOLDER in getattr(self, name)]
+            if placeholders:
+                raise SettingsError(
+                    f"{', '.join(placeholders)} still hold the placeholder {PLACEHOLDER!r}: set real secrets "
+                    "(ENVIRONMENT=production refuses them)"
+                )
         if self.public_url and not _PUBLIC_URL.match(self.public_url):
             raise SettingsError(
                 "PUBLIC_URL must be an http(s) URL with no query, e.g. https://img.example.com"
@@ -243,6 +250,10 @@ class Settings:
         """A copy with ``changes`` applied and checked."""
         return dataclasses.replace(self, **changes)
 
+
+# The secret value the deployment files ship with; production refuses to start with it.
+PLACEHOLDER = "change-me"
+_SECRETS = ("s3_secret_access_key", "s3_access_key_id", "webhook_secret", "ops_token", "redis_url")
 
 _PUBLIC_URL = re.compile(r"^https?://[^/?#\s]+(/[^?#\s]*)?$", re.ASCII)
 

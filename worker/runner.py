@@ -47,9 +47,17 @@ T = TypeVar("T")
 
 
 def resolve_device(setting: str) -> torch.device:
+    """The device ``DEVICE`` names. ``cuda`` (or ``cuda:N``) without a usable GPU is a load
+    failure, never a silent run on the CPU: ``auto`` is the only setting that falls back."""
     if setting == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(setting)
+    device = torch.device(setting)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"DEVICE={setting} but CUDA is not usable here (no GPU, or a driver older than this "
+            f"torch build's CUDA {torch.version.cuda}); refusing to run on the CPU"
+        )
+    return device
 
 
 def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:

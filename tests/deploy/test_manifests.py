@@ -40,6 +40,10 @@ NOT_SETTINGS = {
     "CUDA_VISIBLE_DEVICES": "CUDA: the GPU a worker process sees",
     "PATH": "the image's virtual environment",
     "PYTHONUNBUFFERED": "Python: logs leave at once",
+    "REDIS_PASSWORD": "redis-server's --requirepass (the farm reads it inside REDIS_URL)",
+    "REDISCLI_AUTH": "redis-cli in Redis's probe",
+    "TORCHINDUCTOR_CACHE_DIR": "torch.compile: where compiled kernels are cached",
+    "TRITON_CACHE_DIR": "Triton: where built kernels are cached",
 }
 TORCH_FAMILY = {"torch", "torchvision", "diffusers", "transformers", "accelerate", "safetensors", "xformers"}
 
@@ -123,9 +127,14 @@ def test_keda_scales_workers_on_the_queue_they_consume() -> None:
     config = k8s("ConfigMap", "img2img-config")["data"]
     consumed = queue_option(entry_argv(container(worker)["command"], config))
     assert trigger["metadata"]["listName"] == consumed == config["QUEUE_NAME"] == DEFAULTS.queue_name
-    # KEDA reads the same Redis database the workers' broker uses.
-    assert config["REDIS_URL"].endswith("/" + trigger["metadata"]["databaseIndex"])
-    assert trigger["metadata"]["address"].startswith(config["REDIS_URL"].split("//")[1].split(":")[0] + ".")
+    # KEDA reads the same Redis database the workers' broker uses, with the same password.
+    redis_url = k8s("Secret", "img2img-secrets")["stringData"]["REDIS_URL"]
+    assert redis_url.endswith("/" + trigger["metadata"]["databaseIndex"])
+    assert trigger["metadata"]["address"].startswith(redis_url.split("@")[1].split(":")[0] + ".")
+    auth = k8s("TriggerAuthentication", trigger["authenticationRef"]["name"])
+    assert auth["spec"]["secretTargetRef"] == [
+        {"parameter": "password", "name": "img2img-secrets", "key": "REDIS_PASSWORD"}
+    ]
 
 
 def test_compose_and_images_consume_the_configured_queue() -> None:

@@ -106,3 +106,15 @@ def test_out_of_memory_at_one_image_fails_with_the_calls_that_ran(oom_runner: Ou
         oom_runner.run_batch(params, fits + alone, lambda step, total: None)
     assert isinstance(failed.value.__cause__, torch.cuda.OutOfMemoryError)
     assert [(call.images, call.jobs) for call in failed.value.calls] == [(1, 1)]
+
+
+def test_cuda_without_a_usable_gpu_is_a_load_failure_never_a_cpu_run() -> None:
+    from worker.runner import resolve_device
+
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.cuda.is_available():
+        assert resolve_device("cuda").type == "cuda"
+        return
+    for setting in ("cuda", "cuda:0"):
+        with pytest.raises(RuntimeError, match="refusing to run on the CPU"):
+            resolve_device(setting)
