@@ -8,9 +8,11 @@ import re
 from typing import Any
 
 import pytest
+import yaml
 
+from deploy.processes import gateway_graceful_timeout
 from shared.settings import PLACEHOLDER, Settings, SettingsError
-from tests.deploy.files import container, instructions, k8s, k8s_documents
+from tests.deploy.files import DEPLOY, compose, container, instructions, k8s, k8s_documents
 
 
 def quantity_bytes(value: str) -> int:
@@ -100,3 +102,27 @@ def test_the_worker_image_can_compile() -> None:
         if "apt-get install" in rest:
             packages |= set(rest.split("apt-get install", 1)[1].split("&&")[0].split())
     assert {"gcc", "libc6-dev", "python3-dev"} <= packages, packages
+
+
+def test_compose_lets_waiting_clients_finish_and_scrapes_every_worker() -> None:
+    gateway = compose()["services"]["gateway"]
+    grace = int(gateway["stop_grace_period"].rstrip("s"))
+    assert grace > gateway_graceful_timeout(Settings().sync_wait_seconds)
+    prometheus = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in prometheus["scrape_configs"]}
+    targets = jobs["img2img-workers-multigpu"]["static_configs"][0]["targets"]
+    assert targets[0] == "workers-multigpu:9100" and len(targets) == 8
+
+
+def test_the_systemd_unit_owns_its_directories_and_stops_restarting_a_broken_launcher() -> None:
+    unit = {}
+    for line in (DEPLOY / "systemd" / "img2img-workers.service").read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not line.startswith("#"):
+            unit.setdefault(key.strip(), []).append(value.strip())
+    assert unit["StateDirectory"] == ["img2img"] and unit["LogsDirectory"] == ["img2img"]
+    assert int(unit["StartLimitBurst"][0]) > 1 and int(unit["StartLimitIntervalSec"][0]) > 0
+    env = dict(item.split("=", 1) for item in unit["Environment"])
+    for name in ("HF_HOME", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
+        assert env[name].startswith("/var/lib/img2img/"), name  # the StateDirectory
+    assert "--log-dir /var/log/img2img" in unit["ExecStart"][0]  # the LogsDirectory
