@@ -29,7 +29,7 @@ from shared.errors import (
     Unavailable,
 )
 from shared.images import check_image_bytes, image_pixels
-from shared.jobs import Job, input_key, is_job_id, new_job_id
+from shared.jobs import Job, is_job_id, new_job_id
 from shared.keys import KeyStore
 from shared.pricing import format_credits, job_cost_milli
 from shared.schema import RANDOM_SEED, GenerationParams
@@ -149,12 +149,12 @@ class JobService:
     ) -> Job:
         """Record the job, charged to ``owner``, with a Redis copy of its input, in one step
         that refuses it when the queue is full or the key cannot pay; enqueue it (the queue
-        carries only the id), then decode the input in full and write it to S3 while a
-        worker may already be running it. The client hears back only after both: an input
-        that does not decode fails the job (refunded) with a 400; if S3 refuses the input
-        and no worker has started the job, the job fails (refunded) and the client gets 503.
-        The decode waits for the process's :class:`DecodeGate`; a decode it refuses takes the
-        job back like one that fails (429 or 503), unless a worker has it already."""
+        carries only the id), then check the input's decode while a worker may already be
+        running it. The client hears back after the check: an input that does not decode
+        fails the job (refunded) with a 400. The decode waits for the process's
+        :class:`DecodeGate`; a decode it refuses takes the job back like one that fails (429
+        or 503), unless a worker has it already. The gateway writes nothing to S3: the Redis
+        copy lives as long as the job, and the worker stores the input in S3."""
         if params.seed == RANDOM_SEED:
             params = replace(params, seed=secrets.randbelow(_RANDOM_SEED_BOUND))
         seeds = [params.seed + i for i in range(params.samples)]
@@ -179,7 +179,6 @@ class JobService:
             self.store.jobs.fail_queued(job_id, "the queue is unavailable")  # refunds the charge
             raise Unavailable("the queue is unavailable; try again") from exc
         self._check_decodes(job_id, image, owner)
-        self._store_input(job_id, image)
         log.info("job %s: queued (%d samples)", job_id, params.samples)
         return submitted.job
 
@@ -203,18 +202,6 @@ class JobService:
                 log.info("job %s: taken back, its image could not be checked now: %s", job_id, exc.message)
                 raise
             log.info("job %s: a worker has it; the worker checks its image", job_id)
-
-    def _store_input(self, job_id: str, image: bytes) -> None:
-        try:
-            self.storage.put(input_key(job_id), image, "application/octet-stream")
-        except Unavailable:
-            if self.store.jobs.fail_queued(job_id, "storage unavailable: the input could not be stored"):
-                self.store.blobs.drop_input(job_id)
-                raise
-            # A worker took the job from the Redis copy, which stays until the job expires.
-            log.warning("job %s: input not in S3; running from its Redis copy", job_id, exc_info=True)
-            return
-        self.store.blobs.input_stored(job_id)
 
     def get(self, job_id: str, owner: str | None = None) -> Job:
         """The job, if ``owner`` may see it (another key's job is reported as missing). An id
@@ -269,14 +256,12 @@ class JobService:
 
     def queue_estimate(self, job_id: str) -> tuple[int, float | None]:
         """Jobs ahead of this one and a rough wait: (position + 1) x average run / workers."""
+        rank, average, workers = self.store.jobs.queue_estimate(job_id, self.settings.worker_fresh_seconds)
         # A job read as queued that has just left the queue set is being started: next up.
-        position = self.store.jobs.queue_position(job_id) or 0
-        average = self.store.counters.average_run_seconds()
+        position = rank or 0
         if average is None:
             return position, None
-        window = self.settings.worker_fresh_seconds
-        workers = max(1, len(self.store.workers.fresh(max_age=window)))
-        return position, round((position + 1) * average / workers, 2)
+        return position, round((position + 1) * average / max(1, workers), 2)
 
     def image(self, job: Job, index: int) -> bytes:
         """Output ``index`` of a succeeded job: from Redis while it is kept there, else S3."""

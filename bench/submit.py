@@ -2,7 +2,7 @@
 
 Starts Redis, the S3 server and the gunicorn gateway on loopback, keys on, and no worker:
 
-1. **Submit rate**, for 1, 2 and 4 gateway processes: ``--connections`` kept-alive
+1. **Submit rate**, for 1, 2 and 4 gateway processes: ``--connections`` (64) kept-alive
    connections post the reference request (a 512x512 PNG) with ``Prefer: respond-async``
    for ``--seconds``; submits/s, p50/p99 latency, and the CPU milliseconds per submit of
    each process (gateway, Redis, S3 server), read from ``/proc`` before and after.
@@ -13,7 +13,7 @@ Starts Redis, the S3 server and the gunicorn gateway on loopback, keys on, and n
 The load generator is asyncio over raw sockets (a fraction of a millisecond per request),
 so its own CPU, on the same cores, weighs little on the figures.
 
-    python bench/submit.py [--seconds 10] [--connections 32] [--gateways 1,2,4]
+    python bench/submit.py [--seconds 10] [--connections 64] [--gateways 1,2,4]
                            [--waiters 500,1000,2000] [--json out.json]
 """
 
@@ -149,6 +149,8 @@ def submit_rate(base: Settings, gateways: int, connections: int, seconds: float)
         latencies, statuses = asyncio.run(submit_load(farm.gateway.port, key, connections, seconds))
         took = time.monotonic() - started
         after = cpu_seconds(procs)
+        children = psutil.Process(farm.gateway.pid).children()
+        split = sorted(round(sum(child.cpu_times()[:2]), 1) for child in children)
     accepted = statuses.get(202, 0)
     return {
         "gateways": gateways,
@@ -157,6 +159,7 @@ def submit_rate(base: Settings, gateways: int, connections: int, seconds: float)
         "p50_ms": percentile(latencies, 50) * 1000,
         "p99_ms": percentile(latencies, 99) * 1000,
         "cpu_ms_per_submit": {name: (after[name] - before[name]) * 1000 / max(accepted, 1) for name in after},
+        "gateway_process_cpu_s": split,
     }
 
 
@@ -243,7 +246,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--gateways", default="1,2,4")
     parser.add_argument("--waiters", default="500,1000,2000")
     parser.add_argument("--probe-seconds", type=float, default=10.0)
@@ -267,7 +270,8 @@ def main() -> None:
         assert isinstance(cpu, dict)
         shares = "  ".join(f"{name} {value:.2f}" for name, value in cpu.items())
         rate, p50, p99 = row["submits_per_s"], row["p50_ms"], row["p99_ms"]
-        print(f"{gateways:>8} {rate:>10.1f} {p50:>8.1f} {p99:>8.1f}   {shares}")
+        split = row["gateway_process_cpu_s"]
+        print(f"{gateways:>8} {rate:>10.1f} {p50:>8.1f} {p99:>8.1f}   {shares}  (CPU s per process: {split})")
     print(f"\nwaiting clients (one gateway process), probe every 0.1 s for {args.probe_seconds:.0f} s")
     print(f"{'waiting':>8} {'health p50':>11} {'health max':>11} {'poll p50':>9} {'poll max':>9}  (ms)")
     for n in (int(w) for w in args.waiters.split(",") if w):

@@ -79,8 +79,8 @@ class Settings:
     webhook_timeout_seconds: float = 10.0
     webhook_allow: str = ""
     result_cache_seconds: int = 120
-    # Inputs also travel through Redis so a worker skips the S3 read; once S3 holds the
-    # input the Redis copy lives this long (0: dropped at once).
+    # Inputs travel through Redis (the gateway writes nothing to S3); once the worker has
+    # stored the input in S3 the Redis copy lives this long (0: dropped at once).
     input_cache_seconds: int = 300
 
     # Image URLs in the ``image`` field (shared/fetch.py).

@@ -14,7 +14,9 @@ Delivery is at least once (acks late, requeue on worker loss); effects are once:
 
 Latency: the input comes from its Redis copy (S3 only when that has expired), and a job
 is marked succeeded with its images in Redis before they are written to S3, so a waiting
-client is answered without any S3 round trip. The upload follows at once; if it fails or
+client is answered without any S3 round trip. The gateway writes nothing to S3: the worker
+stores the input (``jobs/{id}/input``) in the background once it has claimed the job, and only
+then lets the Redis copy expire (``INPUT_CACHE_SECONDS``). The upload follows at once; if it fails or
 the worker dies first, the job stays in the uploads set and the sweeper hands it out
 again, and the images stay in Redis until S3 holds them.
 """
@@ -96,10 +98,12 @@ class JobExecutor:
         self.runner = runner
         self.name = name
         self.progress = ProgressWriter(store)
+        self._inputs = ThreadPoolExecutor(max_workers=2, thread_name_prefix="input-upload")
 
     def close(self) -> None:
-        """Stop the progress thread (the process is stopping)."""
+        """Stop the progress thread and finish the input uploads (the process is stopping)."""
         self.progress.close()
+        self._inputs.shutdown(wait=True)
 
     def execute(self, job_id: str) -> None:
         claim = self.store.jobs.claim(
@@ -226,8 +230,10 @@ class JobExecutor:
         job = member.job
         data = member.image
         try:
-            if data is None:  # the Redis copy has expired: the job waited long
+            if data is None:  # the Redis copy has expired: S3 has the input
                 data = self.storage.get(input_key(job.id))
+            else:
+                self._inputs.submit(self._store_input, job.id, data)
             params = job.params
             image = prepare_image(open_image(data, self.settings), params.img_width, params.img_height)
         except Exception as exc:
@@ -340,6 +346,15 @@ class JobExecutor:
             moved = self._settle(run.job_id, self.store.jobs.fail, run.job_id, run.attempt, message)
             if moved:
                 self._ended(run.job_id)
+
+    def _store_input(self, job_id: str, data: bytes) -> None:
+        """Write the input to S3, then let its Redis copy expire; on failure the copy stays
+        (it lives as long as the job), so a retry still finds it."""
+        try:
+            self.storage.put(input_key(job_id), data, "application/octet-stream")
+            self.store.blobs.input_stored(job_id)
+        except Exception:  # best effort beside the run: the Redis copy stays
+            log.warning("job %s: input not stored in S3; its Redis copy stays", job_id, exc_info=True)
 
     def _ended(self, job_id: str) -> None:
         """This worker moved the job to a final state: hand it on (its webhook)."""

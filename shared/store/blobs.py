@@ -1,8 +1,9 @@
 """Images in Redis: a job's input while a worker may still want it, and its outputs until S3
 holds them (then briefly, so fresh reads skip S3).
 
-The input copy is written by the submit script and handed out by the claim; the outputs by
-the success script (:mod:`shared.store.jobs`).
+The input copy is written by the submit script, handed out by the claim and, once the worker
+has stored the input in S3, left to expire; the outputs by the success script
+(:mod:`shared.store.jobs`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ class Blobs:
         self._input_ttl = input_ttl
 
     def input_stored(self, job_id: str) -> None:
-        """S3 holds the input now: the Redis copy need only outlive a short queue."""
+        """S3 holds the input now: the Redis copy need only serve a quick retry."""
         if self._input_ttl > 0:
             self._blobs.expire(self._keys.input(job_id), self._input_ttl)
         else:

@@ -340,6 +340,20 @@ class Jobs:
         rank = self._text.zrank(self._keys.queued, job_id)
         return None if rank is None else int(cast(int, rank))
 
+    def queue_estimate(self, job_id: str, fresh_seconds: float) -> tuple[int | None, float | None, int]:
+        """In one round trip: the job's queue position (as :meth:`queue_position`), the average
+        run time, and how many workers sent a heartbeat within ``fresh_seconds``."""
+        pipe = self._text.pipeline(transaction=False)
+        pipe.zrank(self._keys.queued, job_id)
+        pipe.hget(self._keys.stats, "run_seconds_avg")
+        pipe.zcount(self._keys.workers, time.time() - fresh_seconds, "+inf")
+        rank, average, workers = pipe.execute()
+        return (
+            None if rank is None else int(rank),
+            None if average is None else float(average),
+            int(workers),
+        )
+
     def lapsed_leases(self) -> list[str]:
         """Running jobs whose worker stopped renewing its lease (probably dead)."""
         now = float(cast(list[Any], self._text.time())[0])

@@ -13,12 +13,11 @@ import pytest
 import requests
 
 from deploy.local import GatewayProcess, RedisServer, S3Server
-from shared.errors import Unavailable
 from shared.jobs import JobStatus
 from shared.settings import Settings
 from shared.storage import Storage
 from tests.conftest import start_worker
-from tests.helpers import queue_length, raw_redis, reference_body
+from tests.helpers import input_copy, queue_length, reference_body
 from tests.reliability.conftest import LONG, Farm
 
 
@@ -102,19 +101,17 @@ def test_s3_outage_mid_run_still_answers_and_uploads_once_s3_is_back(
         worker.stop()
 
 
-def test_s3_down_at_submit_fails_the_queued_job_and_refunds(
-    fault_settings: Settings, own_s3: S3Server
-) -> None:
+def test_s3_down_at_submit_does_not_stop_submits(fault_settings: Settings, own_s3: S3Server) -> None:
+    """The gateway writes nothing to S3 at submit: with S3 down a job is accepted, charged
+    and queued with its input's Redis copy (the worker stores the input in S3 later)."""
     settings = fault_settings.replace(s3_endpoint_url=own_s3.url)
-    farm = Farm(settings)  # no worker: the job is still queued when S3 refuses its input
+    farm = Farm(settings)  # no worker: the job stays queued
     before = farm.balance()
     own_s3.stop()
-    with pytest.raises(Unavailable, match="storage"):
-        farm.submit()
-    assert farm.balance() == before
-    assert queue_length(farm.settings) == 0
-    assert farm.store.counters.all().get("jobs_failed") == 1
-    assert not list(raw_redis(farm.settings).scan_iter(farm.store.keys.input("*")))  # copy dropped
+    job = farm.submit()
+    assert farm.store.jobs.get(job.id).status is JobStatus.QUEUED  # type: ignore[union-attr]
+    assert farm.balance() == before - job.cost_milli
+    assert input_copy(farm.settings, job.id) is not None
 
 
 def test_redis_down_at_submit_is_503_and_charges_nothing(
