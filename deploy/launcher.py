@@ -7,8 +7,11 @@ and from ``torch.cuda.device_count()``. ``--workers N --device cpu`` runs N CPU 
 Worker i sees only its GPU (``CUDA_VISIBLE_DEVICES``), is named ``gpu{id}@{host}`` and,
 when ``WORKER_METRICS_PORT`` is set, serves its metrics on that port + i. A worker that
 exits is started again after a pause that doubles with each quick failure (``--backoff``
-up to ``--max-backoff``). SIGTERM or SIGINT stops them all: SIGTERM to each (Celery's
-warm shutdown lets the running job finish), up to ``--stop-timeout`` seconds, then SIGKILL.
+up to ``--max-backoff``). SIGTERM or SIGINT stops them all: SIGTERM to each worker's main
+process only (Celery's warm shutdown lets the running job finish in the pool process; a
+SIGTERM to the whole group would kill that process mid-job), up to ``--stop-timeout``
+seconds, then SIGKILL. Workers get SIGTERM when the launcher dies, even by SIGKILL
+(``PR_SET_PDEATHSIG``): a killed launcher leaves no orphan holding a GPU.
 """
 
 from __future__ import annotations
@@ -146,7 +149,11 @@ def worker_process(settings: Settings, slot: Slot, log_dir: Path | None) -> Mana
     """The slot's worker (deploy.processes' command line), logging to ``log_dir`` or to stdout."""
     log_file = None if log_dir is None else log_dir / f"{slot.name}.log"
     return ManagedProcess(
-        slot.name, worker_argv(settings, slot.name), log_file, service_env(settings, slot.env)
+        slot.name,
+        worker_argv(settings, slot.name),
+        log_file,
+        service_env(settings, slot.env),
+        die_with_parent=True,  # a killed launcher leaves no orphan worker holding a GPU
     )
 
 
@@ -240,10 +247,11 @@ class Launcher:
         return [worker.process.name for worker in self.workers]
 
     def shutdown(self) -> None:
-        """SIGTERM to every worker, wait for them together, SIGKILL what is left."""
+        """SIGTERM to every worker's main process (its warm shutdown lets the running job
+        finish), wait for them together, SIGKILL what is left."""
         running = [w.process for w in self.workers if w.process.alive()]
         for process in running:
-            process.signal(signal.SIGTERM)
+            process.terminate()
         deadline = time.monotonic() + self.stop_timeout
         while any(p.alive() for p in running) and time.monotonic() < deadline:
             time.sleep(0.1)

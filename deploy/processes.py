@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import logging
 import os
 import shlex
@@ -115,17 +116,27 @@ class ManagedProcess:
     """
 
     def __init__(
-        self, name: str, argv: Sequence[str], log_file: Path | None, env: Mapping[str, str] | None = None
+        self,
+        name: str,
+        argv: Sequence[str],
+        log_file: Path | None,
+        env: Mapping[str, str] | None = None,
+        die_with_parent: bool = False,
     ):
         self.name = name
         self.argv = list(argv)
         self.log_file = log_file
         self.env = dict(os.environ if env is None else env)
+        # On Linux, SIGTERM when this process dies (however it dies): no orphans.
+        self.die_with_parent = die_with_parent
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        preexec = _terminate_with_parent if self.die_with_parent and sys.platform == "linux" else None
         if self.log_file is None:
-            self.proc = subprocess.Popen(self.argv, env=self.env, cwd=ROOT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.argv, env=self.env, cwd=ROOT, start_new_session=True, preexec_fn=preexec
+            )
         else:
             self.log_file.parent.mkdir(parents=True, exist_ok=True)
             with open(self.log_file, "ab") as out:
@@ -136,6 +147,7 @@ class ManagedProcess:
                     env=self.env,
                     cwd=ROOT,
                     start_new_session=True,
+                    preexec_fn=preexec,
                 )
         log.info("%s: started pid %d", self.name, self.proc.pid)
 
@@ -147,6 +159,14 @@ class ManagedProcess:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def terminate(self) -> None:
+        """SIGTERM to the process alone, not its group: a Celery worker's main process then
+        makes its warm shutdown (the pool process finishes its job) instead of the pool
+        process dying mid-job from a SIGTERM of its own."""
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGTERM)
 
     def signal(self, sig: int) -> None:
         """Send ``sig`` to the process group (a Celery worker's pool children included)."""
@@ -168,6 +188,14 @@ class ManagedProcess:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signal.SIGKILL)
         log.info("%s: stopped", self.name)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _terminate_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the parent dies (Linux ``prctl``)."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 # -- entry of the images: python -m deploy.processes worker|notifier ------------------------

@@ -255,3 +255,61 @@ def test_launcher_runs_restarts_and_stops_its_workers(isolated_settings: Setting
         for pid in seen:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def start_launcher(settings: Settings, tmp_path: Path, name: str) -> tuple[subprocess.Popen[bytes], Path]:
+    argv = [sys.executable, "-m", "deploy.launcher", "--device", "cpu", "--workers", "1"]
+    argv += ["--log-dir", str(tmp_path / name), "--stop-timeout", "60"]
+    log_file = tmp_path / f"{name}.log"
+    with open(log_file, "wb") as out:
+        launcher = subprocess.Popen(
+            argv,
+            env=service_env(settings),
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    store = JobStore(settings)
+    window = settings.worker_heartbeat_seconds * 3
+    wait_until(lambda: len(store.workers.fresh(max_age=window)) >= 1, 180, "a worker", log_file)
+    return launcher, log_file
+
+
+def test_a_stopped_launcher_drains_its_worker_and_a_killed_one_leaves_no_orphan(
+    isolated_settings: Settings, tmp_path: Path
+) -> None:
+    """SIGTERM to the launcher while its worker runs a job: the job finishes, in one attempt,
+    and the launcher exits 0. SIGKILL to the launcher: its worker stops too."""
+    settings = isolated_settings.replace(allowed_sizes=(512,), torch_threads=1)
+    launcher, log_file = start_launcher(settings, tmp_path, "drain")
+    try:
+        service = JobService(settings)
+        service.storage.ensure_bucket()
+        long = {"num_inference_steps": 100, "strength": 1.0}
+        job = service.submit(parse_request(reference_body(**long), settings).params, sample_image())
+        store = JobStore(settings)
+        wait_until(
+            lambda: (store.jobs.get(job.id) or job).progress_step >= 2, 120, "the job running", log_file
+        )
+        launcher.send_signal(signal.SIGTERM)
+        assert launcher.wait(90) == 0
+        done = store.jobs.get(job.id)
+        assert done is not None and done.status is JobStatus.SUCCEEDED, done
+        assert done.attempts == 1
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(launcher.pid, signal.SIGKILL)
+
+    launcher, log_file = start_launcher(settings, tmp_path, "orphan")
+    worker_pids = descendants(launcher.pid)
+    assert worker_pids
+    os.kill(launcher.pid, signal.SIGKILL)
+    launcher.wait(10)
+    wait_until(
+        lambda: not (worker_pids & set(process_children_all())), 60, "the orphaned worker gone", log_file
+    )
+
+
+def process_children_all() -> set[int]:
+    return {pid for children in process_children().values() for pid in children}
