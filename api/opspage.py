@@ -1,4 +1,5 @@
-"""The operator page at ``/ops`` and its data at ``/ops/data``, behind ``OPS_TOKEN``.
+"""The operator page at ``/ops``, its data at ``/ops/data`` and the worker autoscaler's
+numbers at ``/ops/scaling``, behind ``OPS_TOKEN``.
 
 Off (404) while ``OPS_TOKEN`` is unset. The page is static; it asks for the token, keeps it
 in the browser and reads ``/ops/data`` with ``Authorization: Bearer <token>``: queue depth,
@@ -38,12 +39,34 @@ def page() -> Response:
     return send_from_directory(STATIC, "ops.html", mimetype="text/html", max_age=0)
 
 
-@bp.get("/data")
-def data() -> Response:
+def _authorized() -> None:
     token = _enabled()
     scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), token.encode()):
         raise Unauthorized("the operator page needs OPS_TOKEN as a Bearer token")
+
+
+@bp.get("/scaling")
+def scaling() -> Response:
+    """What the worker autoscaler reads (shared/scaling.py): the counts and ``desired_workers``."""
+    _authorized()
+    settings = service().settings
+    load = service().store.jobs.fleet_load(settings.worker_fresh_seconds)
+    return jsonify(
+        {
+            "queued": load.queued,
+            "running": load.running,
+            "busy_workers": load.busy_workers,
+            "ready_workers": load.ready_workers,
+            "jobs_per_worker": settings.scale_jobs_per_worker,
+            "desired_workers": load.desired_workers(settings.scale_jobs_per_worker),
+        }
+    )
+
+
+@bp.get("/data")
+def data() -> Response:
+    _authorized()
     svc = service()
     settings, store = svc.settings, svc.store
     farm = FarmMetrics(store)

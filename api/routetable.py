@@ -509,6 +509,19 @@ ROUTES: tuple[Operation, ...] = (
     ),
     Operation(
         "GET",
+        "/ops/scaling",
+        "opsScaling",
+        "What the worker autoscaler reads: queued and running jobs, busy and ready workers, "
+        "and desired_workers = busy workers + ceil(queued / SCALE_JOBS_PER_WORKER)",
+        "operations",
+        (
+            Reply(200, "The counts and the desired count.", (("application/json", {"type": "object"}),)),
+            error(401, "Without `Authorization: Bearer <OPS_TOKEN>`."),
+            *COMMON,
+        ),
+    ),
+    Operation(
+        "GET",
         "/healthz",
         "healthz",
         "The gateway is alive",

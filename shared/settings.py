@@ -99,6 +99,8 @@ class Settings:
     # Reads (polls, images, listings) have their own window per key (api/auth.py).
     read_rate_limit_per_minute: int = 1200
     max_queue_depth: int = 1000
+    # Waiting jobs per worker the autoscaler aims at (shared/scaling.py, /ops/scaling).
+    scale_jobs_per_worker: int = 2
 
     # Worker.
     model_id: str = ""
@@ -212,6 +214,8 @@ class Settings:
             raise SettingsError(
                 "MAX_SYNC_WAITS_PER_KEY, MAX_SYNC_WAITS_PER_JOB and GATEWAY_CONNECTIONS must be positive"
             )
+        if self.scale_jobs_per_worker < 1:
+            raise SettingsError("SCALE_JOBS_PER_WORKER must be at least 1")
         if self.decode_budget_pixels < 1 or self.max_decodes_per_key < 1:
             raise SettingsError("DECODE_BUDGET_PIXELS and MAX_DECODES_PER_KEY must be at least 1")
         if self.image_url_max_redirects < 0:

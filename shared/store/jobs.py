@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from shared.jobs import Job, JobStatus, shape_key
+from shared.scaling import FleetLoad
 from shared.schema import GenerationParams
 from shared.store.clients import Clients
 from shared.store.idempotency import Idempotency
@@ -353,6 +354,20 @@ class Jobs:
             None if average is None else float(average),
             int(workers),
         )
+
+    def fleet_load(self, fresh_seconds: float) -> FleetLoad:
+        """Queued and running jobs, the distinct workers running them, and the workers with a
+        heartbeat within ``fresh_seconds``: two round trips."""
+        pipe = self._text.pipeline(transaction=False)
+        pipe.zcard(self._keys.queued)
+        pipe.zrange(self._keys.running, 0, -1)
+        pipe.zcount(self._keys.workers, time.time() - fresh_seconds, "+inf")
+        queued, running, ready = pipe.execute()
+        pipe = self._text.pipeline(transaction=False)
+        for job_id in running:
+            pipe.hget(self._keys.job(job_id), "worker")
+        busy = {worker for worker in pipe.execute() if worker} if running else set()
+        return FleetLoad(int(queued), len(running), len(busy), int(ready))
 
     def lapsed_leases(self) -> list[str]:
         """Running jobs whose worker stopped renewing its lease (probably dead)."""

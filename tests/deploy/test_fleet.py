@@ -87,7 +87,7 @@ def test_production_refuses_the_shipped_placeholder_secrets() -> None:
     assert config["ENVIRONMENT"] == "production"
     with pytest.raises(SettingsError, match="REDIS_URL") as refused:
         Settings.from_env({**config, **secret})
-    for name in ("S3_SECRET_ACCESS_KEY", "S3_ACCESS_KEY_ID", "WEBHOOK_SECRET"):
+    for name in ("S3_SECRET_ACCESS_KEY", "S3_ACCESS_KEY_ID", "WEBHOOK_SECRET", "OPS_TOKEN"):
         assert name in str(refused.value)
     real = {name: value.replace(PLACEHOLDER, "s3cr3t-value") for name, value in secret.items()}
     assert Settings.from_env({**config, **real}).redis_url == "redis://:s3cr3t-value@redis:6379/0"

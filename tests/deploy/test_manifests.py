@@ -117,24 +117,28 @@ def test_k8s_worker_requests_one_gpu() -> None:
 # -- the queue: one name everywhere ----------------------------------------------------
 
 
-def test_keda_scales_workers_on_the_queue_they_consume() -> None:
+def test_keda_scales_workers_on_the_job_stores_counts() -> None:
+    """KEDA reads desired_workers from the gateway's /ops/scaling (shared/scaling.py), with
+    OPS_TOKEN from the Secret, and takes it as the replica count (target 1)."""
     scaled = k8s("ScaledObject", "img2img-worker")
     worker = k8s("Deployment", "img2img-worker")
     assert scaled["spec"]["scaleTargetRef"]["name"] == worker["metadata"]["name"]
-    assert scaled["spec"]["minReplicaCount"] == 0
+    assert scaled["spec"]["minReplicaCount"] == 0 and scaled["spec"]["maxReplicaCount"] >= 50
     (trigger,) = scaled["spec"]["triggers"]
-    assert trigger["type"] == "redis"
-    config = k8s("ConfigMap", "img2img-config")["data"]
-    consumed = queue_option(entry_argv(container(worker)["command"], config))
-    assert trigger["metadata"]["listName"] == consumed == config["QUEUE_NAME"] == DEFAULTS.queue_name
-    # KEDA reads the same Redis database the workers' broker uses, with the same password.
-    redis_url = k8s("Secret", "img2img-secrets")["stringData"]["REDIS_URL"]
-    assert redis_url.endswith("/" + trigger["metadata"]["databaseIndex"])
-    assert trigger["metadata"]["address"].startswith(redis_url.split("@")[1].split(":")[0] + ".")
+    assert trigger["type"] == "metrics-api"
+    meta = trigger["metadata"]
+    service = k8s("Service", "img2img-gateway")
+    assert meta["url"] == f"http://{service['metadata']['name']}.img2img.svc.cluster.local/ops/scaling"
+    assert (meta["valueLocation"], meta["targetValue"], meta["authMode"]) == (
+        "desired_workers",
+        "1",
+        "bearer",
+    )
     auth = k8s("TriggerAuthentication", trigger["authenticationRef"]["name"])
     assert auth["spec"]["secretTargetRef"] == [
-        {"parameter": "password", "name": "img2img-secrets", "key": "REDIS_PASSWORD"}
+        {"parameter": "token", "name": "img2img-secrets", "key": "OPS_TOKEN"}
     ]
+    assert "OPS_TOKEN" in k8s("Secret", "img2img-secrets")["stringData"]
 
 
 def test_compose_and_images_consume_the_configured_queue() -> None:
