@@ -187,21 +187,10 @@ def worker_images(port: int) -> float:
 def test_launcher_runs_restarts_and_stops_its_workers(isolated_settings: Settings, tmp_path: Path) -> None:
     port = two_free_ports()
     settings = isolated_settings.replace(allowed_sizes=(512,), torch_threads=1, worker_metrics_port=port)
-    argv = [sys.executable, "-m", "deploy.launcher", "--device", "cpu", "--workers", "2"]
-    argv += ["--log-dir", str(tmp_path / "log"), "--stop-timeout", "30", "--backoff", "0.2"]
-    log_file = tmp_path / "launcher.log"
+    launcher, log_file = launch(settings, tmp_path, "log", 2, "--stop-timeout", "30", "--backoff", "0.2")
     store = JobStore(settings)
     window = settings.worker_heartbeat_seconds * 3
     seen: set[int] = set()
-    with open(log_file, "wb") as out:
-        launcher = subprocess.Popen(
-            argv,
-            env=service_env(settings),
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
     try:
 
         def ready(count: int, besides: set[str] | None = None) -> bool:
@@ -257,9 +246,12 @@ def test_launcher_runs_restarts_and_stops_its_workers(isolated_settings: Setting
                 os.kill(pid, signal.SIGKILL)
 
 
-def start_launcher(settings: Settings, tmp_path: Path, name: str) -> tuple[subprocess.Popen[bytes], Path]:
-    argv = [sys.executable, "-m", "deploy.launcher", "--device", "cpu", "--workers", "1"]
-    argv += ["--log-dir", str(tmp_path / name), "--stop-timeout", "60"]
+def launch(
+    settings: Settings, tmp_path: Path, name: str, workers: int, *options: str
+) -> tuple[subprocess.Popen[bytes], Path]:
+    """``python -m deploy.launcher`` with ``workers`` CPU workers, logging under ``tmp_path``."""
+    argv = [sys.executable, "-m", "deploy.launcher", "--device", "cpu", "--workers", str(workers)]
+    argv += ["--log-dir", str(tmp_path / name), *options]
     log_file = tmp_path / f"{name}.log"
     with open(log_file, "wb") as out:
         launcher = subprocess.Popen(
@@ -270,6 +262,12 @@ def start_launcher(settings: Settings, tmp_path: Path, name: str) -> tuple[subpr
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    return launcher, log_file
+
+
+def start_launcher(settings: Settings, tmp_path: Path, name: str) -> tuple[subprocess.Popen[bytes], Path]:
+    """One CPU worker under the launcher, once its worker is ready."""
+    launcher, log_file = launch(settings, tmp_path, name, 1, "--stop-timeout", "60")
     store = JobStore(settings)
     window = settings.worker_heartbeat_seconds * 3
     wait_until(lambda: len(store.workers.fresh(max_age=window)) >= 1, 180, "a worker", log_file)
